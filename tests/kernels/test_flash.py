@@ -9,7 +9,8 @@ from jax.experimental import pallas as pl
 from kernels import attention
 from kernels.dense import reference_attention
 from kernels.flash import flash_attention
-from tests.kernels.flash_checks import assert_matches_reference, fresh_seed, random_qkvo
+from tests.kernels.flash_checks import (assert_matches_reference, compile_fast, fresh_seed,
+                                      random_qkvo)
 
 
 def test_interpret_mode_poisons_unwritten_blocks():
@@ -52,7 +53,8 @@ def test_flash_matches_reference(platform, dtype, causal, batch, seq_len, heads,
 def test_attention_entry_point_dispatches_dense_pallas():
   seed = fresh_seed()
   q, k, v, _ = random_qkvo(seed, 1, 64, 2, 1, 32, jnp.float32)
-  out = attention(q, k, v, kind="dense", impl="pallas")
+  out = compile_fast(lambda q, k, v: attention(q, k, v, kind="dense", impl="pallas"),
+                     q, k, v)
   ref = reference_attention(q, k, v)
   assert float(jnp.max(jnp.abs(out - ref))) < 1e-5, seed
 
