@@ -32,17 +32,15 @@ def dot_nn(a_MK, b_KN):
                          preferred_element_type=jnp.float32)
 
 
-def dot_tn(a_KM, b_KN):
-  """a.T @ b in float32: [K, M] x [K, N] -> [M, N]."""
-  return lax.dot_general(a_KM, b_KN, (((0,), (0,)), ((), ())),
-                         precision=_precision(a_KM.dtype),
-                         preferred_element_type=jnp.float32)
+def causal_allowed(q_block, k_block, block_q, block_k, keys_major=False):
+  """bool tile: query position >= key position inside tile (q_block, k_block).
 
-
-def causal_allowed(q_block, k_block, block_q, block_k):
-  """bool [bq, bk]: query position >= key position inside tile (q_block, k_block)."""
-  q_pos = q_block * block_q + lax.broadcasted_iota(jnp.int32, (block_q, block_k), 0)
-  k_pos = k_block * block_k + lax.broadcasted_iota(jnp.int32, (block_q, block_k), 1)
+  [bq, bk], or [bk, bq] with keys_major (the dk/dv kernels work on S^T).
+  """
+  shape = (block_k, block_q) if keys_major else (block_q, block_k)
+  q_axis, k_axis = (1, 0) if keys_major else (0, 1)
+  q_pos = q_block * block_q + lax.broadcasted_iota(jnp.int32, shape, q_axis)
+  k_pos = k_block * block_k + lax.broadcasted_iota(jnp.int32, shape, k_axis)
   return q_pos >= k_pos
 
 
@@ -73,30 +71,31 @@ def finalize(m, l, acc):
   return acc / safe_l, m + jnp.log(l)
 
 
-def probabilities(q, k, lse, scale, allowed):
-  """Recomputed softmax tile p = exp(q k^T * scale - lse); lse: [bq, 1]."""
+def dq_step(q, k, v, do, lse, delta, dq_acc, scale, allowed):
+  """dq += dS K with P = exp(Q K^T * scale - lse), dS = P * (dO V^T - delta).
+
+  lse, delta: [bq, 1] columns; rows that saw no key have lse = -inf, but all
+  their tiles are masked, so the where() zeroes their probabilities.
+  """
   p = jnp.exp(dot_nt(q, k) * scale - lse)
   if allowed is not None:
     p = jnp.where(allowed, p, 0.0)
-  return p
-
-
-def score_grad(p, do, v, delta):
-  """dS = P * (dO V^T - delta) with delta = rowsum(dO * O): [bq, 1]."""
-  return p * (dot_nt(do, v) - delta)
-
-
-def dq_step(q, k, v, do, lse, delta, dq_acc, scale, allowed):
-  p = probabilities(q, k, lse, scale, allowed)
-  ds = score_grad(p, do, v, delta)
+  ds = p * (dot_nt(do, v) - delta)
   return dq_acc + dot_nn(ds.astype(k.dtype), k)
 
 
-def dkv_step(q, k, v, do, lse, delta, dk_acc, dv_acc, scale, allowed):
-  p = probabilities(q, k, lse, scale, allowed)
-  dv_acc = dv_acc + dot_tn(p.astype(do.dtype), do)
-  ds = score_grad(p, do, v, delta)
-  return dk_acc + dot_tn(ds.astype(q.dtype), q), dv_acc
+def dkv_step(q, k, v, do, lse_row, delta_row, dk_acc, dv_acc, scale, allowed_T):
+  """dk += dS^T Q, dv += P^T dO, computed on the transposed tile [bk, bq].
+
+  Working on S^T = K Q^T keeps every matmul in NN/NT form (no transposes of
+  the probability tile); lse_row, delta_row: [1, bq]; allowed_T: [bk, bq].
+  """
+  p_T = jnp.exp(dot_nt(k, q) * scale - lse_row)
+  if allowed_T is not None:
+    p_T = jnp.where(allowed_T, p_T, 0.0)
+  dv_acc = dv_acc + dot_nn(p_T.astype(do.dtype), do)
+  ds_T = p_T * (dot_nt(v, do) - delta_row)
+  return dk_acc + dot_nn(ds_T.astype(q.dtype), q), dv_acc
 
 
 def block_delta(do_BLHK, o_BLHK):

@@ -44,9 +44,8 @@ def _kv_loop(q_block, row, kv_index_ref, kv_count_ref, kv_full_ref, lists, tile_
 
 
 def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, q_ref, k_ref, v_ref,
-                o_ref, lse_ref, *, lists, scale, num_groups):
+                o_ref, lse_ref, *, lists, scale):
   b, h, i = (pl.program_id(axis) for axis in range(3))
-  del num_groups  # the k/v BlockSpecs already select the kv head
   bq, bk = lists.block_q, lists.block_k
   q = q_ref[...]
 
@@ -81,8 +80,7 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret):
   num_groups = num_heads // k_BLGK.shape[2]
   q_spec, kv_spec, stat_spec = _row_specs(lists, num_groups, seq_len, head_dim)
   whole = pl.no_block_spec
-  kernel = functools.partial(_fwd_kernel, lists=lists, scale=1.0 / math.sqrt(head_dim),
-                             num_groups=num_groups)
+  kernel = functools.partial(_fwd_kernel, lists=lists, scale=1.0 / math.sqrt(head_dim))
   return pl.pallas_call(
       kernel,
       out_shape=[jax.ShapeDtypeStruct(q_BLHK.shape, q_BLHK.dtype),
@@ -127,12 +125,12 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, q_ref, do_ref, lse_ref,
       def run(n, c):
         q_block = q_index_ref[base + n]
         queries = pl.ds(q_block * bq, bq)
-        allowed = (tiles.causal_allowed(q_block, j, bq, lists.block_k)
-                   if masked else None)
+        allowed_T = (tiles.causal_allowed(q_block, j, bq, lists.block_k, keys_major=True)
+                     if masked else None)
         return tiles.dkv_step(
             q_ref[queries, r, :], k, v, do_ref[queries, r, :],
-            lse_ref[r, queries][:, None], delta_ref[r, queries][:, None],
-            *c, scale, allowed)
+            lse_ref[r, queries][None, :], delta_ref[r, queries][None, :],
+            *c, scale, allowed_T)
       return run
 
     # Partial (masked) tiles are the lowest query blocks: a leading run.

@@ -7,8 +7,10 @@ the padded tail of a list repeats its last block, which Pallas does not
 re-fetch; the body skips it by comparing the step with the row's count.
 
 Tensors are laid out [B, H, L, K] inside the kernels so every block's last two
-dims are (block, head_dim). Row statistics (m, l, lse, delta) are stored
-replicated over 128 lanes, the layout Mosaic handles natively.
+dims are (block, head_dim). The forward keeps m and l replicated over 128 lanes
+(Mosaic's native layout for row statistics) and its lse output is sliced to
+[B, H, L] outside; the backward reads lse and delta as [1, bq] rows, which is
+why compiled TPU blocks are multiples of 128.
 """
 import functools
 import math
@@ -37,14 +39,15 @@ def _lanes(col):
   return jnp.broadcast_to(col, (col.shape[0], LANES))
 
 
-def _run_tile(active, q_block, k_block, lists, step):
+def _run_tile(active, q_block, k_block, lists, step, keys_major=False):
   """Calls step(allowed) for an active tile; only partial tiles get a mask."""
   if not lists.causal:
     pl.when(active)(lambda: step(None))
     return
   full = tiles.is_full_tile(q_block, k_block, lists.block_q, lists.block_k)
   pl.when(jnp.logical_and(active, full))(lambda: step(None))
-  allowed = lambda: tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k)
+  allowed = lambda: tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k,
+                                         keys_major)
   pl.when(jnp.logical_and(active, jnp.logical_not(full)))(lambda: step(allowed()))
 
 
@@ -89,23 +92,27 @@ def _q_major_specs(lists, num_groups, head_dim):
   def kv_map(b, h, i, n, kv_index_ref, kv_count_ref):
     return (b, lax.div(h, num_groups), kv_index_ref[lists.kv_row(b, h, i) * steps + n], 0)
 
+  def stat_map(b, h, i, n, kv_index_ref, kv_count_ref):
+    return (b, h, 0, i)
+
   q_spec = pl.BlockSpec((None, None, bq, head_dim), q_map)
   kv_spec = pl.BlockSpec((None, None, bk, head_dim), kv_map)
-  row_spec = pl.BlockSpec((None, None, bq, LANES), q_map)
-  return q_spec, kv_spec, row_spec
+  lanes_spec = pl.BlockSpec((None, None, bq, LANES), q_map)
+  stat_spec = pl.BlockSpec((None, None, 1, bq), stat_map)
+  return q_spec, kv_spec, lanes_spec, stat_spec
 
 
 def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret):
-  """Returns o_BLHK and the residual lse [B, H, L, 128] (float32)."""
+  """Returns o_BLHK and the residual lse [B, H, L] (float32)."""
   batch, seq_len, num_heads, head_dim = q_BLHK.shape
   num_groups = num_heads // k_BLGK.shape[2]
-  q_spec, kv_spec, row_spec = _q_major_specs(lists, num_groups, head_dim)
+  q_spec, kv_spec, lanes_spec, _ = _q_major_specs(lists, num_groups, head_dim)
   bq = lists.block_q
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=2,
       grid=(batch, num_heads, lists.num_q_blocks, lists.num_k_blocks),
       in_specs=[q_spec, kv_spec, kv_spec],
-      out_specs=[q_spec, row_spec],
+      out_specs=[q_spec, lanes_spec],
       scratch_shapes=[pltpu.VMEM((bq, LANES), jnp.float32),
                       pltpu.VMEM((bq, LANES), jnp.float32),
                       pltpu.VMEM((bq, head_dim), jnp.float32)])
@@ -121,7 +128,7 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret):
       name="block_sparse_flash_fwd",
   )(lists.kv_index, lists.kv_count, _to_heads_major(q_BLHK),
     _to_heads_major(k_BLGK), _to_heads_major(v_BLGK))
-  return _to_heads_major(o_BHLK), lse_BHLC
+  return _to_heads_major(o_BHLK), lse_BHLC[..., 0]
 
 
 def _dq_kernel(kv_index_ref, kv_count_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
@@ -137,8 +144,9 @@ def _dq_kernel(kv_index_ref, kv_count_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
 
   def step(allowed):
     dq_scr[...] = tiles.dq_step(
-        q_ref[...], k_ref[...], v_ref[...], do_ref[...], _column(lse_ref),
-        _column(delta_ref), dq_scr[...], scale, allowed)
+        q_ref[...], k_ref[...], v_ref[...], do_ref[...],
+        jnp.expand_dims(lse_ref[0], -1), jnp.expand_dims(delta_ref[0], -1),
+        dq_scr[...], scale, allowed)
 
   _run_tile(n < kv_count_ref[row], i, kv_index_ref[row * steps + n], lists, step)
 
@@ -161,10 +169,11 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_ref, do_ref, lse_ref, delta_ref, k_r
 
   def step(allowed):
     dk_scr[...], dv_scr[...] = tiles.dkv_step(
-        q_ref[...], k_ref[...], v_ref[...], do_ref[...], _column(lse_ref),
-        _column(delta_ref), dk_scr[...], dv_scr[...], scale, allowed)
+        q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...], delta_ref[...],
+        dk_scr[...], dv_scr[...], scale, allowed)
 
-  _run_tile(n < q_count_ref[row], q_index_ref[row * steps + n], j, lists, step)
+  _run_tile(n < q_count_ref[row], q_index_ref[row * steps + n], j, lists, step,
+            keys_major=True)
 
   @pl.when(jnp.logical_and(r == num_groups - 1, n == steps - 1))
   def _finalize():
@@ -172,46 +181,55 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_ref, do_ref, lse_ref, delta_ref, k_r
     dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
 
 
-def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHLC, do_BLHK, lists, *, interpret):
+def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpret):
   """Returns dq_BLHK, dk_BLGK, dv_BLGK."""
   batch, seq_len, num_heads, head_dim = q_BLHK.shape
   num_kv_heads = k_BLGK.shape[2]
   num_groups = num_heads // num_kv_heads
   scale = 1.0 / math.sqrt(head_dim)
   bq, bk = lists.block_q, lists.block_k
-  delta_BHLC = jnp.broadcast_to(tiles.block_delta(do_BLHK, o_BLHK)[..., None],
-                                lse_BHLC.shape)
+  # [B, H, 1, L]: rows, so a (1, bq) block is one lane-dense row of stats.
+  lse_BH1L = lse_BHL[:, :, None, :]
+  delta_BH1L = tiles.block_delta(do_BLHK, o_BLHK)[:, :, None, :]
   q_BHLK, do_BHLK = _to_heads_major(q_BLHK), _to_heads_major(do_BLHK)
   k_BGLK, v_BGLK = _to_heads_major(k_BLGK), _to_heads_major(v_BLGK)
 
-  q_spec, kv_spec, row_spec = _q_major_specs(lists, num_groups, head_dim)
+  q_spec, kv_spec, _, stat_spec = _q_major_specs(lists, num_groups, head_dim)
   dq_BHLK = pl.pallas_call(
       functools.partial(_dq_kernel, lists=lists, scale=scale),
       out_shape=jax.ShapeDtypeStruct(q_BHLK.shape, q_BLHK.dtype),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=2,
           grid=(batch, num_heads, lists.num_q_blocks, lists.num_k_blocks),
-          in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec],
+          in_specs=[q_spec, kv_spec, kv_spec, q_spec, stat_spec, stat_spec],
           out_specs=q_spec,
           scratch_shapes=[pltpu.VMEM((bq, head_dim), jnp.float32)]),
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=interpret,
       name="block_sparse_flash_dq",
-  )(lists.kv_index, lists.kv_count, q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BHLC,
-    delta_BHLC)
+  )(lists.kv_index, lists.kv_count, q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L,
+    delta_BH1L)
 
   steps = lists.num_q_blocks
 
-  def q_map(b, g, j, r, n, q_index_ref, q_count_ref):
+  def q_block(b, g, j, r, n, q_index_ref):
     h = g * num_groups + r
-    return (b, h, q_index_ref[lists.q_row(b, h, j) * steps + n], 0)
+    return h, q_index_ref[lists.q_row(b, h, j) * steps + n]
+
+  def q_map(b, g, j, r, n, q_index_ref, q_count_ref):
+    h, i = q_block(b, g, j, r, n, q_index_ref)
+    return (b, h, i, 0)
+
+  def stat_map(b, g, j, r, n, q_index_ref, q_count_ref):
+    h, i = q_block(b, g, j, r, n, q_index_ref)
+    return (b, h, 0, i)
 
   def kv_map(b, g, j, r, n, q_index_ref, q_count_ref):
     return (b, g, j, 0)
 
   q_spec = pl.BlockSpec((None, None, bq, head_dim), q_map)
-  row_spec = pl.BlockSpec((None, None, bq, LANES), q_map)
+  stat_spec = pl.BlockSpec((None, None, 1, bq), stat_map)
   kv_spec = pl.BlockSpec((None, None, bk, head_dim), kv_map)
   dk_BGLK, dv_BGLK = pl.pallas_call(
       functools.partial(_dkv_kernel, lists=lists, scale=scale, num_groups=num_groups),
@@ -220,7 +238,7 @@ def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHLC, do_BLHK, lists, *, interp
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=2,
           grid=(batch, num_kv_heads, lists.num_k_blocks, num_groups, steps),
-          in_specs=[q_spec, q_spec, row_spec, row_spec, kv_spec, kv_spec],
+          in_specs=[q_spec, q_spec, stat_spec, stat_spec, kv_spec, kv_spec],
           out_specs=[kv_spec, kv_spec],
           scratch_shapes=[pltpu.VMEM((bk, head_dim), jnp.float32),
                           pltpu.VMEM((bk, head_dim), jnp.float32)]),
@@ -229,7 +247,7 @@ def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHLC, do_BLHK, lists, *, interp
                                "arbitrary")),
       interpret=interpret,
       name="block_sparse_flash_dkv",
-  )(lists.q_index, lists.q_count, q_BHLK, do_BHLK, lse_BHLC, delta_BHLC, k_BGLK,
+  )(lists.q_index, lists.q_count, q_BHLK, do_BHLK, lse_BH1L, delta_BH1L, k_BGLK,
     v_BGLK)
   return (_to_heads_major(dq_BHLK), _to_heads_major(dk_BGLK),
           _to_heads_major(dv_BGLK))
