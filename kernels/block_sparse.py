@@ -93,8 +93,19 @@ def _sparse_flash_bwd(platform, interpret, residuals, do_BLHK):
 _sparse_flash.defvjp(_sparse_flash_fwd, _sparse_flash_bwd)
 
 
+# TPU scalar memory is 1 MiB (v4 to v6e); the kernels prefetch one list set.
+_TPU_LIST_BYTES = 512 * 1024
+
+
 def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret):
   """Differentiable block-sparse flash attention over prepared SparseLists."""
+  rows = lists.mask_batch * lists.mask_heads
+  list_bytes = 4 * rows * (lists.num_q_blocks + 1) * (lists.num_k_blocks + 1)
+  if platform == "tpu" and not interpret and list_bytes > _TPU_LIST_BYTES:
+    raise ValueError(
+        f"the block lists need {list_bytes} bytes of TPU scalar memory (limit "
+        f"{_TPU_LIST_BYTES}); use larger blocks, or shard batch/heads (shard_map) "
+        "so each device holds fewer mask rows.")
   return _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, platform, interpret)
 
 

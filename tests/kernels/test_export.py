@@ -48,3 +48,14 @@ def test_forward_and_grad_export(platform, dtype):
       assert text.count(CUSTOM_CALL[platform]) == kernels, (name, platform)
       out_shapes = [o.shape for o in exported.out_avals]
       assert out_shapes[0] == q.shape and all(s in (q.shape, kv.shape) for s in out_shapes)
+
+
+def test_tpu_lists_too_large_for_scalar_memory_are_rejected():
+  seq_len, block = 4096, 128
+  num_blocks = seq_len // block
+  mask = bm.from_mask(jnp.ones((8, 16, num_blocks, num_blocks), bool),
+                      block_q=block, block_k=block)
+  q = jax.ShapeDtypeStruct((8, seq_len, 16, 64), jnp.bfloat16)
+  with pytest.raises(ValueError, match=r"scalar memory.*shard"):
+    jax.eval_shape(lambda q: block_sparse_attention(q, q, q, mask, interpret=False,
+                                                    platform="tpu"), q)
