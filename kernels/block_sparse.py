@@ -60,10 +60,12 @@ def check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform, interpret):
   valid = _valid_blocks(seq_len, platform, interpret)
   for name, block in (("block_q", block_q), ("block_k", block_k)):
     if block not in valid:
+      problem = (f"seq_len {seq_len} is not a multiple of {name} {block}"
+                 if seq_len % block else
+                 f"{name} {block} does not fit the {platform!r} kernel tiling")
       raise ValueError(
-          f"seq_len {seq_len} is not a multiple of {name} {block} or {block} does "
-          f"not fit the {platform!r} kernel tiling; pad the sequence or choose "
-          f"{name} in {valid or 'a padded seq_len (multiple of 128)'}.")
+          f"{problem}; pad the sequence or choose {name} in "
+          f"{valid or 'a padded seq_len (multiple of 128)'}.")
   if platform == "cuda" and not interpret and (head_dim < 16 or head_dim & (head_dim - 1)):
     raise ValueError(f"head_dim {head_dim} must be a power of two >= 16 for the GPU "
                      "kernel; pad head_dim.")
