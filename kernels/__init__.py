@@ -1,4 +1,5 @@
 """Attention kernels: Pallas kernels, XLA paths and pure-jnp references."""
 from kernels.attention import attention, KINDS, IMPLS, KIND_PARAMS
+from kernels.sparse import attention_density, block_mask
 
-__all__ = ["attention", "KINDS", "IMPLS", "KIND_PARAMS"]
+__all__ = ["attention", "KINDS", "IMPLS", "KIND_PARAMS", "attention_density", "block_mask"]
