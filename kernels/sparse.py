@@ -77,12 +77,16 @@ def _check_params(estimator, head_dim, num_q, num_k, block_q, block_k, params):
   if estimator not in ESTIMATORS:
     raise ValueError(f"unknown block-mask estimator {estimator!r}; choose one of {ESTIMATORS}.")
   own = ESTIMATOR_PARAMS[estimator]
-  defaults = {name: value for table in ESTIMATOR_PARAMS.values()
-              for name, value in table.items()}
+  # A parameter of another estimator is tolerated at its "off" values (None or
+  # a default), so one attention config can hold every key.
+  neutral = {}
+  for table in ESTIMATOR_PARAMS.values():
+    for name, value in table.items():
+      neutral.setdefault(name, {None}).add(value)
   for name, value in params.items():
-    if name not in defaults:
-      raise ValueError(f"unknown block-mask parameter {name!r}; known: {sorted(defaults)}.")
-    if name not in own and value != defaults[name]:
+    if name not in neutral:
+      raise ValueError(f"unknown block-mask parameter {name!r}; known: {sorted(neutral)}.")
+    if name not in own and value not in neutral[name]:
       raise ValueError(
           f"estimator {estimator!r} does not use {name}={value!r}; it takes {sorted(own)}.")
   p = {**own, **{name: value for name, value in params.items() if name in own}}
