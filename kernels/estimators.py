@@ -104,10 +104,10 @@ def masked_softmax(logits, valid):
   return weights / jnp.where(total == 0, 1.0, total)
 
 
-def descending_rank(x):
-  """int [..., N]: position of each entry when its row is sorted descending (stable)."""
+def descending_order(x):
+  """(order, rank): the row sorted descending (stable) and each entry's position in it."""
   order = jnp.argsort(-x, axis=-1, stable=True)
-  return jnp.argsort(order, axis=-1, stable=True)
+  return order, jnp.argsort(order, axis=-1, stable=True)
 
 
 def select_blocks(probs, *, topk_counts=None, topp=None):
@@ -117,14 +117,14 @@ def select_blocks(probs, *, topk_counts=None, topp=None):
   reaches `topp` (an entry is kept if the mass before it is still below topp);
   topp >= 1 keeps the whole row, whatever rounding does to the cumulative sum.
   """
-  rank = descending_rank(probs)
+  if topp is not None and topp >= 1.0:
+    return jnp.ones(probs.shape, bool)
+  order, rank = descending_order(probs)
   keep = jnp.zeros(probs.shape, bool)
   if topk_counts is not None:
     keep = keep | (rank < topk_counts[..., None])
   if topp is not None:
-    if topp >= 1.0:
-      return jnp.ones(probs.shape, bool)
-    sorted_probs = -jnp.sort(-probs, axis=-1)
+    sorted_probs = jnp.take_along_axis(probs, order, axis=-1)
     mass_before_sorted = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
     mass_before = jnp.take_along_axis(mass_before_sorted, rank, axis=-1)
     keep = keep | (mass_before < topp)
@@ -133,15 +133,15 @@ def select_blocks(probs, *, topk_counts=None, topp=None):
 
 def cap_blocks(mask, priority, max_blocks):
   """Keeps at most `max_blocks` kept blocks per row, highest priority first."""
-  rank = descending_rank(jnp.where(mask, priority, -1.0))
+  _, rank = descending_order(jnp.where(mask, priority, -1.0))
   return mask & (rank < max_blocks)
 
 
 def topk_counts(reachable_QK, topk):
-  """int [nQ]: blocks kept by top-k: the fraction `topk` of the row's reachable blocks, >= 1."""
-  reachable_Q = jnp.sum(reachable_QK, axis=-1)
+  """int [nQ] (numpy): blocks kept by top-k: the fraction `topk` of the row's reachable blocks, >= 1."""
+  reachable_Q = np.sum(reachable_QK, axis=-1)
   # The small epsilon keeps e.g. 0.3 * 10 from flooring to 2 via rounding.
-  return jnp.maximum(1, jnp.floor(topk * reachable_Q + 1e-6)).astype(jnp.int32)
+  return np.maximum(1, np.floor(topk * reachable_Q + 1e-6)).astype(np.int32)
 
 
 def sparge_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topk=None,
