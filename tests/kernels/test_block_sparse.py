@@ -46,8 +46,8 @@ XLA_CASES = [
      dict(window_blocks=2, sink_blocks=1, block_q=16, block_k=16)),
     (3, jnp.float32, True, 1, 96, 2, 1, "block_sparse",
      dict(estimator="sparge", topk=0.3, block_q=32, block_k=16)),
-    (4, jnp.bfloat16, True, 2, 80, 2, 1, "block_sparse",
-     dict(estimator="sparge", topk=0.2, topp=0.5, max_blocks=3, block_q=16, block_k=16)),
+    (4, jnp.bfloat16, True, 2, 160, 2, 1, "block_sparse",
+     dict(estimator="sparge", topk=0.2, topp=0.5, max_blocks=3, block_q=16, block_k=32)),
     (5, jnp.float32, False, 1, 128, 4, 2, "spectral",
      dict(topp=0.5, max_blocks=3, block_q=16, block_k=32)),
 ]
