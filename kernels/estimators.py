@@ -1,9 +1,10 @@
 """Block-mask estimators: which (query block, key block) pairs attention computes.
 
-Each estimator returns a boolean mask [B, H, nQ, nK] over query heads H (GQA kv
-heads are repeated per group) and never carries gradients. The dynamic ones
-(sparge, prism) work on block-pooled q/k, so they cost the pooling (O(L K))
-plus O(nQ nK (K + log nK)) for the block scores and their sort.
+The dynamic estimators (sparge, prism) return a boolean mask [B, H, nQ, nK] over
+query heads H (GQA kv heads are repeated per group) and never carry gradients;
+they work on block-pooled q/k, so they cost the pooling (O(L K)) plus
+O(nQ nK (K + log nK)) for the block scores and their sort. The static mask
+depends only on sizes: numpy [nQ, nK], shared by every batch row and head.
 
 Block geometry shared by all: query block i covers tokens [i bq, (i+1) bq);
 its "diagonal" is every key block overlapping that span (one block when
