@@ -6,7 +6,7 @@ choices.
 """
 import jax
 
-from kernels import dense
+from kernels import dense, sparse
 from kernels.flash import flash_attention
 
 KINDS = ("dense", "block_sparse", "spectral", "linear")
@@ -17,8 +17,8 @@ IMPLS = ("auto", "pallas", "xla", "reference")
 KIND_PARAMS = {
     "dense": (),
     "block_sparse": ("estimator", "block_q", "block_k", "window_blocks",
-                     "sink_blocks", "topk", "topp", "sim_threshold"),
-    "spectral": ("block_q", "block_k", "topp", "high_freq_dims"),
+                     "sink_blocks", "topk", "topp", "sim_threshold", "max_blocks"),
+    "spectral": ("block_q", "block_k", "topp", "high_freq_dims", "max_blocks"),
     "linear": ("log_decay", "feature_map", "normalize", "chunk_size"),
 }
 
@@ -35,7 +35,8 @@ def _dense(q, k, v, *, impl, causal):
 
 
 # kind -> callable(q, k, v, *, impl, causal, **params). Kernel modules add theirs.
-_DISPATCH = {"dense": _dense}
+_DISPATCH = {"dense": _dense, "block_sparse": sparse.block_sparse,
+             "spectral": sparse.spectral}
 
 
 def resolve_impl(impl, kind):
@@ -50,7 +51,7 @@ def resolve_impl(impl, kind):
   return "xla"
 
 
-_PALLAS_KINDS = {"dense"}
+_PALLAS_KINDS = {"dense", "block_sparse", "spectral"}
 
 
 def _check_shapes(q, k, v):
