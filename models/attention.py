@@ -5,6 +5,7 @@ from flax import nnx
 import kernels
 import parallel
 from models.layers import apply_rope, param
+from models.layout import head_dim, pattern_kinds
 
 
 def layer_kinds(cfg):
@@ -14,17 +15,13 @@ def layer_kinds(cfg):
     if kind not in kernels.KINDS:
       raise ValueError(
           f"attention.pattern entry {kind!r} is not a kind; choose from {kernels.KINDS}.")
-  return [pattern[i % len(pattern)] for i in range(cfg.model.depth)]
+  return pattern_kinds(cfg)
 
 
 def kind_params(attn_cfg, kind):
   """The config's parameters that this kind takes (None means the kind's default)."""
   return {key: attn_cfg[key] for key in kernels.KIND_PARAMS[kind]
           if key in attn_cfg and attn_cfg[key] is not None}
-
-
-def head_dim(model_cfg):
-  return model_cfg.head_dim or model_cfg.width // model_cfg.heads
 
 
 class Attention(nnx.Module):
