@@ -32,13 +32,8 @@ class Sweep:
 
 
 class Derived:
-  """An override value computed from the otherwise resolved config."""
-
-  def value(self, cfg):
-    raise TypeError(f"{type(self).__name__} must define value(cfg)")
-
-  def tag(self, cfg):
-    return ""
+  """An override value computed from the otherwise resolved config: subclasses define
+  value(cfg) (the value to set) and tag(cfg) (its part of the run id)."""
 
 
 def _tokens_per_step(cfg):

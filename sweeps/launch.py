@@ -73,7 +73,7 @@ def launch(spec, store, launcher="local", parallel=1, rerun=rundir.DEFAULT_RERUN
     return states
   todo = [r for r in runs if states[r.run_id] == "new" or states[r.run_id] in rerun]
   os.makedirs(store, exist_ok=True)
-  progress = progress_lib.Progress(sweep.name, runs, run_dirs)
+  progress = progress_lib.Progress(sweep.name, runs, run_dirs, slots=parallel)
   print(f"[{sweep.name}] {len(runs)} runs: launching {len(todo)} ({launcher}), "
         f"{len(runs) - len(todo)} already done or live", file=sys.stderr)
   for r in todo:

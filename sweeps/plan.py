@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclasses.dataclass
 class Run:
   run_id: str
+  config_hash: str     # the resolved config's digest (the id's suffix)
   overrides: dict      # every key the trainer is given (base + run + derived), resolved
   cfg: object          # the resolved ConfigDict
   params: int
@@ -87,9 +88,9 @@ def resolve(sweep, base_cfg, overrides):
     cfg = config_lib.override(cfg, {key: plain[key]})
   tag = "-".join(t for t in tags + [define.auto_tag(overrides)] if t)
   run_id = define.safe_id(f"{sweep.name}-{tag}" if tag else sweep.name)
-  run_id = f"{run_id}-{config_hash(cfg)}"
+  digest = config_hash(cfg)
   tokens = cfg.steps * cfg.batch_size * cfg.seq_len
-  return Run(run_id=run_id, overrides=plain, cfg=cfg,
+  return Run(run_id=f"{run_id}-{digest}", config_hash=digest, overrides=plain, cfg=cfg,
              params=flops.count_params(cfg)["total"], tokens=tokens,
              flops=tokens * flops.flops_per_token(cfg))
 
@@ -101,10 +102,10 @@ def plan(sweep):
   runs, seen = [], {}
   for i, overrides in enumerate(sweep.runs):
     run = resolve(sweep, base_cfg, overrides)
-    if run.run_id in seen:
-      raise ValueError(f"sweep {sweep.name!r}: runs {seen[run.run_id]} and {i} resolve to "
-                       f"the same config ({run.run_id}); remove one of them.")
-    seen[run.run_id] = i
+    if run.config_hash in seen:
+      raise ValueError(f"sweep {sweep.name!r}: runs {seen[run.config_hash]} and {i} resolve "
+                       f"to the same config ({run.run_id}); remove one of them.")
+    seen[run.config_hash] = i
     runs.append(run)
   return runs
 

@@ -1,9 +1,12 @@
 """A live sweep progress line on stderr: done / running / failed / queued and an ETA.
 
-The ETA divides the training FLOPs still to do by the FLOP rate achieved since
-the launcher started (running runs count their partial FLOPs from summary.json).
+ETA: a running run's remaining steps at its own pace (summary.json's step and
+wall_seconds); a run not started yet takes the seconds per step of the observed
+run nearest in FLOPs per step, scaled by the FLOP ratio; the sum is shared by
+the parallel slots.
 """
 import collections
+import math
 import sys
 import time
 
@@ -19,32 +22,43 @@ def _clock(seconds):
 
 
 class Progress:
-  def __init__(self, name, runs, run_dirs, stream=None, every=10.0):
-    self.name, self.runs, self.run_dirs = name, runs, run_dirs
+  def __init__(self, name, runs, run_dirs, slots=1, stream=None, every=10.0):
+    self.name, self.runs, self.run_dirs, self.slots = name, runs, run_dirs, max(1, slots)
     self.stream = stream or sys.stderr
     self.tty = self.stream.isatty()
     self.every = 1.0 if self.tty else every
     self.start = time.time()
-    self.flops0 = {r.run_id: self._flops_so_far(r) for r in runs}
     self._last_print, self._last_text = 0.0, ""
 
-  def _flops_so_far(self, run):
-    return min(float(rundir.summary(self.run_dirs[run.run_id]).get("flops") or 0), run.flops)
+  def _eta(self, states):
+    pace, todo = {}, []
+    for r in self.runs:
+      if states[r.run_id] in ("done", "diverged", "failed", "preempted"):
+        continue
+      s = rundir.summary(self.run_dirs[r.run_id])
+      flops_per_step = r.flops / r.cfg.steps
+      if s.get("step") and s.get("wall_seconds"):
+        pace[flops_per_step] = s["wall_seconds"] / s["step"]
+        todo.append((r.cfg.steps - s["step"], flops_per_step))
+      else:
+        todo.append((r.cfg.steps, flops_per_step))
+    if not todo:
+      return 0.0
+    if not pace:
+      return None
+    seconds = 0.0
+    for steps, fps in todo:
+      near = min(pace, key=lambda f: abs(math.log(f / fps)))
+      seconds += steps * pace[near] * (fps / near if fps > near else 1.0)
+    return seconds / min(self.slots, len(todo))
 
   def line(self, states):
     counts = collections.Counter(GROUPS.get(s, "failed") for s in states.values())
-    done_now = {r.run_id: self._flops_so_far(r) for r in self.runs
-                if states[r.run_id] in ("running", "done", "diverged", "failed", "preempted")}
-    gained = sum(done_now.get(r.run_id, self.flops0[r.run_id]) - self.flops0[r.run_id]
-                 for r in self.runs)
-    remaining = sum(r.flops - done_now.get(r.run_id, self.flops0[r.run_id]) for r in self.runs
-                    if states[r.run_id] not in ("done", "diverged", "failed", "preempted"))
-    elapsed = time.time() - self.start
-    rate = gained / elapsed if elapsed > 0 else 0.0
-    eta = _clock(remaining / rate) if rate > 0 else "?"
+    eta = self._eta(states)
     parts = [f"{k} {counts[k]}" for k in ("done", "running", "failed", "diverged", "queued")]
     return (f"[{self.name}] {len(self.runs)} runs: {', '.join(parts)} | "
-            f"elapsed {_clock(elapsed)} ETA {eta}")
+            f"elapsed {_clock(time.time() - self.start)} "
+            f"ETA {'?' if eta is None else _clock(eta)}")
 
   def update(self, states, force=False):
     now = time.time()

@@ -8,8 +8,7 @@ import pytest
 
 from tests.helpers import REPO
 from tests.sweeps import slurm_cluster
-
-SMOKE = os.path.join(REPO, "sweeps", "defs", "quickstart.py") + ":smoke"
+from tests.sweeps.sweep_files import QUICKSTART_SMOKE as SMOKE
 
 
 @pytest.fixture(scope="module")
