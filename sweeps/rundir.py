@@ -18,12 +18,16 @@ DEFAULT_RERUN = ("failed", "preempted", "stale")
 
 
 def process_start_time(pid):
-  """The kernel's start time of pid (tells a live pid from a reused one); None if gone."""
+  """The kernel's start time of a live pid (tells it from a reused pid); None if the
+  process is gone or a zombie (killed, not yet reaped)."""
   try:
     with open(f"/proc/{pid}/stat") as f:
-      return int(f.read().rsplit(")", 1)[1].split()[19])
-  except (OSError, IndexError, ValueError):
+      fields = f.read().rsplit(")", 1)[1].split()
+  except OSError:
     return None
+  if len(fields) < 20 or fields[0] in ("Z", "X"):
+    return None
+  return int(fields[19])
 
 
 def pid_alive(launch):

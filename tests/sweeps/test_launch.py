@@ -56,11 +56,14 @@ def test_invalid_override_key_fails_before_any_run_starts(tmp_path):
   assert not store.exists()
 
 
-def _wait_for(predicate, timeout, what):
+def _wait_for(predicate, proc, timeout, what):
   deadline = time.time() + timeout
   while time.time() < deadline:
     if predicate():
       return
+    if proc.poll() is not None:
+      raise AssertionError(f"launcher ended ({proc.returncode}) before {what}: "
+                           f"{proc.communicate()[1]}")
     time.sleep(0.1)
   raise AssertionError(f"timed out waiting for {what}")
 
@@ -79,13 +82,13 @@ def _summary_step(store, prefix):
 def test_sigkill_mid_sweep_then_relaunch_resumes(tmp_path):
   store = str(tmp_path / "store")
   runs = [{"steps": 10, "_tag": "a"},
-          {"steps": 300, "log_every": 10, "checkpoint_every": 20, "_tag": "b"},
-          {"steps": 10, "_tag": "c"}]
+          {"steps": 160, "log_every": 10, "checkpoint_every": 20, "_tag": "b"},
+          {"steps": 15, "_tag": "c"}]
   spec = write_def(str(tmp_path), "kill", runs, base={"model.width": 16, "model.depth": 1})
   proc = launch_cli(f"--sweep={spec}", f"--store={store}", "--parallel=1",
                     start_new_session=True)  # the launcher leads a group holding its trainers
   try:
-    _wait_for(lambda: _summary_step(store, "kill-b") >= 40, 180, "run b to pass step 40")
+    _wait_for(lambda: _summary_step(store, "kill-b") >= 40, proc, 180, "run b passed step 40")
   finally:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
