@@ -6,6 +6,7 @@ import kernels
 from kernels.sparse import ESTIMATOR_PARAMS
 import parallel
 from models.layers import apply_rope, param
+from models.layout import head_dim, pattern_kinds
 
 
 SPARSE_KINDS = ("block_sparse", "spectral")
@@ -18,7 +19,7 @@ def layer_kinds(cfg):
     if kind not in kernels.KINDS:
       raise ValueError(
           f"attention.pattern entry {kind!r} is not a kind; choose from {kernels.KINDS}.")
-  return [pattern[i % len(pattern)] for i in range(cfg.model.depth)]
+  return pattern_kinds(cfg)
 
 
 def kind_params(attn_cfg, kind):
@@ -34,10 +35,6 @@ def kind_params(attn_cfg, kind):
   if kind == "spectral":
     params.pop("estimator", None)
   return params
-
-
-def head_dim(model_cfg):
-  return model_cfg.head_dim or model_cfg.width // model_cfg.heads
 
 
 class Attention(nnx.Module):

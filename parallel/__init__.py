@@ -1,6 +1,18 @@
-"""Meshes, logical-axis rules and shardings (imports only jax)."""
-from parallel.mesh import make_mesh, axis_sizes, AXES
-from parallel.rules import DEFAULT_RULES, spec_for, activate, constrain
+"""Meshes, logical-axis rules and shardings (imports only jax).
 
-__all__ = ["make_mesh", "axis_sizes", "AXES", "DEFAULT_RULES", "spec_for",
-           "activate", "constrain"]
+Names load on first use (PEP 562): a config that reads `parallel.DEFAULT_RULES`
+does not start JAX, so sweep dry runs stay instant.
+"""
+import importlib
+
+_EXPORTS = {"make_mesh": "parallel.mesh", "axis_sizes": "parallel.mesh", "AXES": "parallel.mesh",
+            "DEFAULT_RULES": "parallel.default_rules", "spec_for": "parallel.rules",
+            "activate": "parallel.rules", "constrain": "parallel.rules"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'parallel' has no attribute {name!r}")
+  return getattr(importlib.import_module(_EXPORTS[name]), name)
