@@ -19,6 +19,7 @@ class FitOptions:
   holdout_fraction: float = 0.2  # highest-compute runs held out for the extrapolation check
   level: float = 0.95  # interval coverage
   tau: float = 0.98  # frontier quantile
+  irreducible: bool = True  # kaplan: fit an irreducible loss term E_X
 
 
 def library_versions() -> dict:

@@ -5,9 +5,9 @@
   bootstrap(points, options, result, weights_RN) -> {name: values_R} for params and derived
   extrapolate(result, heldout_points) -> dict of errors on held-out runs
 """
-from sweeps.laws import chinchilla
+from sweeps.laws import chinchilla, envelope, frontier, isoflop, kaplan
 
-LAWS = {law.NAME: law for law in (chinchilla,)}
+LAWS = {law.NAME: law for law in (chinchilla, isoflop, envelope, kaplan, frontier)}
 
 
 def get(name: str):
