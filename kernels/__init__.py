@@ -1,4 +1,7 @@
 """Attention kernels: Pallas kernels, XLA paths and pure-jnp references."""
 from kernels.attention import attention, KINDS, IMPLS, KIND_PARAMS
+from kernels.block_sparse import block_sparse_attention
+from kernels.flash import flash_attention
 
-__all__ = ["attention", "KINDS", "IMPLS", "KIND_PARAMS"]
+__all__ = ["attention", "KINDS", "IMPLS", "KIND_PARAMS", "block_sparse_attention",
+           "flash_attention"]

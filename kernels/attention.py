@@ -7,6 +7,7 @@ choices.
 import jax
 
 from kernels import dense
+from kernels.flash import flash_attention
 
 KINDS = ("dense", "block_sparse", "spectral", "linear")
 IMPLS = ("auto", "pallas", "xla", "reference")
@@ -27,8 +28,10 @@ def _dense(q, k, v, *, impl, causal):
     return dense.reference_attention(q, k, v, causal=causal)
   if impl == "xla":
     return dense.xla_attention(q, k, v, causal=causal)
+  if impl == "pallas":
+    return flash_attention(q, k, v, causal=causal)
   raise ValueError(
-      f"attention kind 'dense' has no impl {impl!r} yet; use 'xla' or 'reference'.")
+      f"attention kind 'dense' has no impl {impl!r}; use 'pallas', 'xla' or 'reference'.")
 
 
 # kind -> callable(q, k, v, *, impl, causal, **params). Kernel modules add theirs.
@@ -47,7 +50,7 @@ def resolve_impl(impl, kind):
   return "xla"
 
 
-_PALLAS_KINDS = set()
+_PALLAS_KINDS = {"dense"}
 
 
 def _check_shapes(q, k, v):

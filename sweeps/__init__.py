@@ -1,1 +1,1 @@
-"""Sweeps: run store, scaling-law fits, prescriptions and plots (see DESIGN.md, Scaling laws)."""
+"""Sweeps: definitions, launchers, the run store, scaling-law fits and prescriptions."""
