@@ -1,7 +1,8 @@
 """Kaplan et al. 2020 single-variable laws L(X) = E_X + (X_c / X)^alpha_X for X in N, D, C.
 
-Each law is fitted to the points that are best for their X: the lowest loss at each distinct
-N (resp. D), and the compute frontier for C (points with lower loss than every cheaper point).
+Each law is fitted to the frontier in its variable: the points with lower loss than every point
+with smaller X (Kaplan's laws describe the best loss reachable at X when the other resources
+are not the bottleneck; in a mixed design the frontier is the closest observable to that).
 E_X is fitted when `irreducible` (FitOptions.irreducible, default) and fixed at 0 otherwise.
 Least squares on log L, optax L-BFGS from a small grid of starts (bootstrap: warm starts).
 """
@@ -29,22 +30,9 @@ def objective_pure(theta_P, data, weights_N):
   return jnp.sum(weights_N * (alpha * (log_xc - log_x) - log_loss) ** 2)
 
 
-def _best_per_value(x, loss, weights_RN):
-  """Weights selecting, per resample, the lowest-loss point at each distinct x."""
-  key = np.round(np.log(x), 6)
-  masked_RN = np.where(weights_RN > 0, loss, np.inf)
-  select_RN = np.zeros_like(weights_RN)
-  for value in np.unique(key):
-    cols = np.flatnonzero(key == value)
-    best = cols[np.argmin(masked_RN[:, cols], axis=1)]
-    rows = np.arange(len(best))
-    select_RN[rows, best] = np.isfinite(masked_RN[rows, best])
-  return select_RN
-
-
-def _frontier(c, loss, weights_RN):
-  """Weights selecting, per resample, points below the loss of every cheaper point."""
-  order = np.argsort(c, kind="stable")
+def _frontier(x, loss, weights_RN):
+  """Weights selecting, per resample, points below the loss of every point with smaller x."""
+  order = np.argsort(x, kind="stable")
   masked_RN = np.where(weights_RN > 0, loss, np.inf)[:, order]
   previous_best = np.concatenate([np.full((len(masked_RN), 1), np.inf),
                                   np.minimum.accumulate(masked_RN, axis=1)[:, :-1]], axis=1)
@@ -54,9 +42,8 @@ def _frontier(c, loss, weights_RN):
 
 
 def _selections(points, weights_RN):
-  return {"N": (points.N, _best_per_value(points.N, points.loss, weights_RN)),
-          "D": (points.D, _best_per_value(points.D, points.loss, weights_RN)),
-          "C": (points.C, _frontier(points.C, points.loss, weights_RN))}
+  return {x: (getattr(points, x), _frontier(getattr(points, x), points.loss, weights_RN))
+          for x in VARIABLES}
 
 
 def _starts(x, loss, irreducible):
@@ -85,8 +72,9 @@ def _solve(x, loss, select_RN, starts_RSP, irreducible):
 
 def _named(variable, theta_RP, irreducible) -> dict:
   log_xc, alpha, e = np.moveaxis(theta_RP, -1, 0)
-  return {f"alpha_{variable}": alpha, f"{variable}_c": np.exp(log_xc),
-          f"E_{variable}": np.exp(e) if irreducible else np.zeros_like(alpha)}
+  with np.errstate(over="ignore"):
+    return {f"alpha_{variable}": alpha, f"{variable}_c": np.exp(log_xc),
+            f"E_{variable}": np.exp(e) if irreducible else np.zeros_like(alpha)}
 
 
 def predict(params: dict, variable: str, x):
@@ -108,8 +96,7 @@ def fit(points, options=None) -> dict:
     residuals += (np.log(predict(params, variable, x[sel])) - np.log(points.loss[sel])).tolist()
   return {"params": params, "derived": {}, "irreducible": irreducible, "residuals": residuals,
           "method": ("Kaplan et al. 2020 single-variable power laws on log L (least squares, "
-                     "optax L-BFGS): L(N), L(D) on the lowest loss per distinct value, L(C) on "
-                     "the compute frontier" + (", with an irreducible term E_X" if irreducible
+                     "optax L-BFGS), each on the loss frontier in its variable" + (", with an irreducible term E_X" if irreducible
                                                else "")),
           "_starts": starts}
 
