@@ -28,6 +28,7 @@ def allocate(fit_obj: dict, c) -> dict:
   samples = fit_obj.get("bootstrap", {}).get("samples")
   level = fit_obj.get("bootstrap", {}).get("level", 0.95)
   if samples:
+    # Failed resamples are null in fit.json; float conversion turns them back into NaN.
     params = {k: np.asarray(v, np.float64)[:, None] for k, v in samples.items()}
     with np.errstate(all="ignore"):
       draws = with_ratio(*law.allocation(params, c_M[None]))

@@ -4,16 +4,15 @@
       [--columns=N:Model Size,C:Training FLOP,loss:loss] [--where=attention.kind=dense]
       [--group_by=attention.kind]
 """
-import json
 import math
 import os
 import sys
-import tempfile
 
 from absl import app, flags
 import pandas as pd
 
 from sweeps import fitting, laws, points as points_lib, store as store_lib
+from sweeps.jsonio import write_json_atomic
 
 _STORE = flags.DEFINE_string("store", None, "Run store: a directory of run directories.")
 _CSV = flags.DEFINE_string("csv", None, "CSV with one row per run (or per step for envelope).")
@@ -55,25 +54,14 @@ def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
   return curves.merge(summary, on="run_id", how="inner"), points_lib.CURVE_COLUMNS
 
 
-def write_json_atomic(path: str, obj) -> None:
-  """Temp file in the same directory, then rename: readers never see a half-written file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".fit.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1, allow_nan=True)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), group_by=None,
         status="done", options=fitting.FitOptions(), plots=True) -> dict:
   frame, defaults = load_table(store, csv, law, status)
   mapping = {**defaults, **points_lib.parse_columns(columns)}
   frame = points_lib.apply_where(frame, where)
+  if law == "envelope" and mapping["run_id"] not in frame and mapping["N"] in frame:
+    # A CSV of loss curves without run ids: rows of one model size form one curve.
+    frame = frame.assign(**{mapping["run_id"]: frame[mapping["N"]].astype(str)})
   header = {"law": law, "source": {"store": store, "csv": csv, "where": list(where),
                                    "columns": mapping, "status": status if store else None},
             "versions": fitting.library_versions()}

@@ -42,8 +42,7 @@ def _init_lanes(theta_BP, max_linesearch):
                jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "objective", "chunk", "max_iter", "gtol", "ftol", "max_linesearch"))
+@functools.partial(jax.jit, static_argnames=("objective", "chunk", "max_linesearch"))
 def _run_chunk(objective, lanes, data, weights_BN, chunk, max_iter, gtol, ftol, max_linesearch):
   """Advances every lane by up to `chunk` iterations (fewer if it converges)."""
   opt = _optimizer(max_linesearch)
@@ -92,7 +91,7 @@ def _in_blocks(fn, width, *arrays):
 
 def minimize(objective: Objective, theta0_RSP: np.ndarray, data: tuple, weights_RN: np.ndarray,
              *, dtype=np.float64, max_iter: int = 200, gtol: float = 1e-9, ftol: float = 1e-10,
-             max_linesearch: int = 8, lanes: int = 256, chunk: int = 4):
+             max_linesearch: int = 8, chunk: int = 4):
   """Minimises objective for every (resample r, start s) pair.
 
   Args:
@@ -108,6 +107,9 @@ def minimize(objective: Objective, theta0_RSP: np.ndarray, data: tuple, weights_
   """
   r, s, p = theta0_RSP.shape
   total = r * s
+  # Two lane counts only (each compiles once): narrow for a few problems, since every lane
+  # computes while any lane is still iterating, wide for grids and bootstraps.
+  lanes = 32 if total <= 32 else 256
   with jax.enable_x64(True):
     data = tuple(jnp.asarray(x, dtype) for x in data)
     weights_BN = np.asarray(weights_RN, dtype)[np.repeat(np.arange(r), s)]

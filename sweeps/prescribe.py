@@ -18,6 +18,7 @@ import numpy as np
 
 from models import flops as flops_lib
 from sweeps import allocation
+from sweeps.jsonio import strict_json
 
 HEAD_DIM = 64
 ASPECT = 64  # width / depth of the preferred shape (Kaplan et al.: loss is flat near 50-100)
@@ -75,12 +76,13 @@ def model_config(base, n_target: float, tokens: float, key: str):
 def prescribe(fit: dict, budget: float, base, group=None) -> dict:
   if not budget or budget <= 0:
     raise ValueError(f"--budget must be a positive FLOP count, got {budget}")
+  group_by = fit.get("group_by")
   fit, group = select_group(fit, group)
   alloc = allocation.allocate(fit, budget)
   pick = lambda key: {"value": float(alloc[key][0][0]),
                       "interval": [float(alloc[key][1][0]), float(alloc[key][2][0])]}
-  if group is not None and fit.get("group_by") == "attention.kind":
-    base.attention.kind = group
+  if group is not None and group_by == "attention.kind":
+    base.attention.kind = group  # the prescription is for the attention kind that was fitted
   key = count_key(fit.get("n_kind", "params"))
   n_opt, d_opt = alloc["N_opt"][0][0], alloc["D_opt"][0][0]
   cfg, n_model = model_config(base, n_opt, d_opt, key)
@@ -130,7 +132,10 @@ def main(argv):
   except (OSError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
-  print(json.dumps(result, indent=1) if _FORMAT.value == "json" else format_text(result))
+  if _FORMAT.value == "json":
+    print(json.dumps(strict_json(result), indent=1, allow_nan=False))
+  else:
+    print(format_text(result))
 
 
 if __name__ == "__main__":

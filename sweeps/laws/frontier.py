@@ -66,7 +66,7 @@ def fit(points, options=None) -> dict:
   spread = max(float(loss.max() - loss.min()), 1e-3)
   starts = np.array(list(itertools.product(
       [loss.min() - spread, loss.min() - 0.1 * spread], np.log([spread, 3 * spread]),
-      np.quantile(z, [0.1, 0.5, 0.9]), np.log([0.3, 1.0, 3.0]))), np.float64)
+      np.quantile(z, [0.1, 0.5, 0.9]), np.log([0.5, 2.0]))), np.float64)
   theta_RP = _solve(points, tau, np.ones((1, len(points))), starts[None])
   params = {k: float(v[0]) for k, v in _named(theta_RP).items()}
   f = curve(params, points.C)
@@ -75,7 +75,7 @@ def fit(points, options=None) -> dict:
           "residuals": (loss - f).tolist(),
           "method": (f"Zhang et al. 2026 capability boundary: quantile {1 - tau:.3g} of loss "
                      "(tau of runs at or above it) as floor + span * sigmoid(-k (log10 C - "
-                     "z0)), smoothed pinball loss, optax L-BFGS from 36 starts"),
+                     "z0)), smoothed pinball loss, optax L-BFGS from 24 starts"),
           "_theta": theta_RP[0]}
 
 

@@ -68,7 +68,11 @@ def test_cli_json_and_errors(isoflop_fit):
   assert proc.returncode == 2 and "positive" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_grouped_fit_needs_a_group():
-  fit = {"law": "isoflop", "group_by": "attention.kind", "groups": {"dense": {}, "linear": {}}}
+def test_grouped_fit_needs_a_group_and_keeps_its_attention_kind(isoflop_fit):
+  group = json.loads((isoflop_fit / "fit.json").read_text())
+  fit = {"law": "isoflop", "group_by": "attention.kind",
+         "groups": {"dense": group, "linear": group}}
   with pytest.raises(ValueError, match="--group=NAME"):
     prescribe.prescribe(fit, 1e20, lm.get_config("tiny"))
+  p = prescribe.prescribe(fit, 1e20, lm.get_config("tiny"), group="linear")
+  assert p["group"] == "linear" and p["config"]["attention.kind"] == "linear"
