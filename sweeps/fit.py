@@ -31,6 +31,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 _HOLDOUT = flags.DEFINE_float("holdout_fraction", 0.2, "Share of highest-compute runs held "
                               "out for the extrapolation check.")
 _TAU = flags.DEFINE_float("tau", 0.98, "Quantile of the frontier law.")
+_IRREDUCIBLE = flags.DEFINE_bool("irreducible", True, "kaplan: fit an irreducible loss term.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write PNG plots next to fit.json.")
 
 
@@ -75,8 +76,11 @@ def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), gr
                        f"{', '.join(map(str, frame.columns))}")
     groups, plotted = {}, {}
     for value, rows in sorted(frame.groupby(group_by, dropna=False), key=lambda kv: str(kv[0])):
-      points = points_lib.from_frame(rows, mapping)
-      groups[str(value)] = fitting.fit_points(points, law, options)
+      try:
+        points = points_lib.from_frame(rows, mapping)
+        groups[str(value)] = fitting.fit_points(points, law, options)
+      except ValueError as err:
+        raise ValueError(f"{group_by}={value}: {err}") from err
       plotted[str(value)] = (groups[str(value)], points)
     result = {**header, "group_by": group_by, "groups": groups,
               "n_points": sum(g["n_points"] for g in groups.values()),
@@ -121,7 +125,8 @@ def main(argv):
   if _OUT.value is None:
     raise app.UsageError("--out=DIR is required")
   options = fitting.FitOptions(bootstrap=_BOOTSTRAP.value, seed=_SEED.value,
-                               holdout_fraction=_HOLDOUT.value, tau=_TAU.value)
+                               holdout_fraction=_HOLDOUT.value, tau=_TAU.value,
+                               irreducible=_IRREDUCIBLE.value)
   try:
     result = run(store=_STORE.value, csv=_CSV.value, law=_LAW.value, out=_OUT.value,
                  columns=_COLUMNS.value, where=_WHERE.value, group_by=_GROUP_BY.value,
