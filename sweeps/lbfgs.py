@@ -161,8 +161,10 @@ def search_then_polish(objective: Objective, theta0_RSP: np.ndarray, data: tuple
   best polished theta_RP and value_R, plus the float32 endpoints (theta_RSP, value_RS) so
   callers can reuse distinct local minima as warm starts.
   """
+  # A short line search in the wide phase: every lane waits for the longest search among the
+  # lanes, and the float64 polish (8 steps) repairs what a cut-short search leaves.
   theta_RSP, value_RS, _ = minimize(objective, theta0_RSP, data, weights_RN, dtype=np.float32,
-                                    ftol=1e-6, gtol=1e-6)
+                                    ftol=1e-6, gtol=1e-6, max_linesearch=4)
   keep = min(keep, theta0_RSP.shape[1])
   best_RK = np.argsort(value_RS, axis=1, kind="stable")[:, :keep]
   candidates_RKP = np.take_along_axis(theta_RSP, best_RK[..., None], axis=1)
