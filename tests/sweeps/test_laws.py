@@ -77,3 +77,15 @@ def test_frontier_is_a_low_loss_quantile_with_held_out_coverage():
   assert p["floor"] == pytest.approx(2.0, abs=0.1)
   ex = result["extrapolation"]
   assert ex["target"] == "coverage" and ex["coverage"] == pytest.approx(0.9, abs=0.1)
+
+
+def test_envelope_from_a_csv_of_curves_without_run_ids(tmp_path):
+  frame = synthetic.isoflop_design(budgets=6, per_budget=6, seed=3)
+  rows = [(r.N, r.D * f, r.loss * synthetic.chinchilla_loss(r.N, r.D * f)
+           / synthetic.chinchilla_loss(r.N, r.D)) for r in frame.itertuples()
+          for f in (0.25, 0.5, 0.75, 1.0)]
+  csv = tmp_path / "curves.csv"
+  pd.DataFrame(rows, columns=["N", "D", "loss"]).to_csv(csv, index=False)
+  result = fit_cli.run(csv=str(csv), law="envelope", out=str(tmp_path / "out"), plots=False)
+  assert result["n_runs"] == frame.N.nunique()  # rows of one model size form one curve
+  assert 0.3 < result["params"]["a"] < 0.7
