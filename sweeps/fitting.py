@@ -1,0 +1,90 @@
+"""One fit, end to end: point estimate, bootstrap intervals, extrapolation check.
+
+Produces the JSON-ready object that fit.json holds per group (DESIGN.md, Public contract).
+"""
+import dataclasses
+import importlib.metadata
+import platform
+import warnings
+
+import numpy as np
+
+from sweeps import laws, points as points_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+  bootstrap: int = 0  # resamples of runs (with replacement); 0 = no intervals
+  seed: int = 0
+  holdout_fraction: float = 0.2  # highest-compute runs held out for the extrapolation check
+  level: float = 0.95  # interval coverage
+  tau: float = 0.98  # frontier quantile
+  irreducible: bool = True  # kaplan: fit an irreducible loss term E_X
+
+
+def library_versions() -> dict:
+  versions = {"python": platform.python_version()}
+  for name in ("jax", "optax", "numpy", "scipy", "pandas"):
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def run_weights(run_id: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+  """Bootstrap weights_RN: resample runs with replacement; a point weighs its run's count."""
+  runs, inverse = np.unique(run_id, return_inverse=True)
+  rng = np.random.default_rng(seed)
+  counts_RU = rng.multinomial(len(runs), np.full(len(runs), 1 / len(runs)), size=resamples)
+  return counts_RU[:, inverse].astype(np.float64)
+
+
+def _intervals(samples: dict, level: float) -> dict:
+  lo, hi = 50 * (1 - level), 50 * (1 + level)
+  out = {}
+  for key, values in samples.items():
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    out[key] = ([float(np.percentile(values, lo)), float(np.percentile(values, hi))]
+                if values.size else [float("nan"), float("nan")])
+  return out
+
+
+def _public(result: dict) -> dict:
+  return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def fit_points(points: points_lib.Points, law_name: str, options: FitOptions) -> dict:
+  law = laws.get(law_name)
+  result = law.fit(points, options)
+  out = {"law": law_name, **_public(result), "n_points": len(points),
+         "n_runs": int(len(np.unique(points.run_id))), "n_dropped": points.n_dropped,
+         "n_kind": points.n_kind, "input_hash": points.input_hash()}
+  if options.bootstrap > 0:
+    weights_RN = run_weights(points.run_id, options.bootstrap, options.seed)
+    samples = law.bootstrap(points, options, result, weights_RN)
+    failed = int(np.sum(~np.isfinite(np.asarray(next(iter(samples.values()))))))
+    out["intervals"] = _intervals(samples, options.level)
+    out["bootstrap"] = {"resamples": options.bootstrap, "failed": failed, "seed": options.seed,
+                        "level": options.level,
+                        "samples": {k: np.asarray(v, float).tolist() for k, v in samples.items()}}
+  else:
+    keys = list(result["params"]) + list(result.get("derived", {}))
+    out["intervals"] = {k: [float("nan"), float("nan")] for k in keys}
+  out["extrapolation"] = extrapolation(points, law, options)
+  return out
+
+
+def extrapolation(points, law, options) -> dict:
+  """Refits without the top `holdout_fraction` of runs by compute and predicts them."""
+  kept, held = points_lib.holdout_split(points, options.holdout_fraction)
+  base = {"holdout_fraction": options.holdout_fraction,
+          "n_heldout_runs": int(len(np.unique(points.run_id[held])))}
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      train = law.fit(points.subset(kept), options)
+  except ValueError as err:  # too few runs left to fit: report why instead of failing
+    return {**base, "error": str(err)}
+  return {**base, **law.extrapolate(train, points.subset(held))}

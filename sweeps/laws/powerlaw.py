@@ -1,0 +1,41 @@
+"""Weighted straight-line fits in log-log space, batched over bootstrap resamples.
+
+Shared by the IsoFLOP and envelope laws: y = k * x^e  <=>  log y = log k + e log x.
+"""
+import numpy as np
+
+
+def fit_loglog(x_N, y_N, weights_RN):
+  """Returns (log_k_R, exponent_R); NaN where a resample has < 2 distinct weighted x."""
+  lx, ly = np.log(x_N), np.log(y_N)
+  w = np.asarray(weights_RN, np.float64)
+  sw = w.sum(-1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    mx = (w * lx).sum(-1) / sw
+    my = (w * ly).sum(-1) / sw
+    dx = lx - mx[:, None]
+    sxx = (w * dx * dx).sum(-1)
+    exponent = (w * dx * (ly - my[:, None])).sum(-1) / sxx
+    bad = ~(sxx > 1e-12 * np.maximum(1.0, sw))
+  exponent = np.where(bad, np.nan, exponent)
+  return np.where(bad, np.nan, my - exponent * mx), exponent
+
+
+def parabolas(x_N, y_N, group_N, weights_RN, n_groups):
+  """Weighted y = p0 + p1 x + p2 x^2 per group and resample: coefficients [R, G, 3].
+
+  NaN where a group has fewer than 3 distinct weighted x values in that resample.
+  """
+  x_N3 = np.stack([np.ones_like(x_N), x_N, x_N ** 2], -1)
+  out = np.full((weights_RN.shape[0], n_groups, 3), np.nan)
+  for g in range(n_groups):
+    sel = group_N == g
+    w_RM = weights_RN[:, sel]
+    x_M3 = x_N3[sel]
+    xtwx = np.einsum("rm,mi,mj->rij", w_RM, x_M3, x_M3)
+    xtwy = np.einsum("rm,mi,m->ri", w_RM, x_M3, y_N[sel])
+    distinct = np.array([len(np.unique(x_N[sel][w > 0])) for w in w_RM])
+    ok = distinct >= 3
+    if ok.any():
+      out[ok, g] = np.linalg.solve(xtwx[ok], xtwy[ok][..., None])[..., 0]
+  return out

@@ -1,0 +1,151 @@
+"""Turns a run table (store or CSV) into validated fitting points: N, D, C, loss per run.
+
+Conventions: N is the parameter count the table names (record which in `n_kind`), D tokens,
+C training FLOPs; D = C / 6N when only C is given and C = 6ND when only D is given. Rows are
+sorted canonically, so the fit does not depend on the order of runs in the input.
+"""
+import dataclasses
+import hashlib
+import logging
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+
+KEYS = ("N", "D", "C", "loss", "run_id")
+STORE_COLUMNS = {"N": "params", "D": "tokens", "C": "flops", "loss": "final_loss",
+                 "run_id": "run_id"}
+CURVE_COLUMNS = {"N": "params", "D": "tokens", "C": "flops", "loss": "loss", "run_id": "run_id"}
+CSV_COLUMNS = {"N": "N", "D": "D", "C": "C", "loss": "loss", "run_id": "run_id"}
+MIN_POINTS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Points:
+  N: np.ndarray
+  D: np.ndarray
+  C: np.ndarray
+  loss: np.ndarray
+  run_id: np.ndarray  # str; several points may share a run (loss curves)
+  n_dropped: int = 0
+  n_kind: str = "params"  # which parameter count N is
+
+  def __len__(self):
+    return len(self.N)
+
+  def subset(self, mask) -> "Points":
+    return dataclasses.replace(self, N=self.N[mask], D=self.D[mask], C=self.C[mask],
+                               loss=self.loss[mask], run_id=self.run_id[mask])
+
+  def input_hash(self) -> str:
+    digest = hashlib.sha256()
+    for x in (self.N, self.D, self.C, self.loss):
+      digest.update(np.ascontiguousarray(x, np.float64).tobytes())
+    digest.update("\0".join(self.run_id).encode())
+    return digest.hexdigest()[:16]
+
+
+def parse_columns(spec: str) -> dict:
+  """'N:Model Size,C:Training FLOP,loss:loss' -> {'N': 'Model Size', ...}."""
+  mapping = {}
+  for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+    key, sep, column = item.partition(":")
+    if not sep or key.strip() not in KEYS or not column.strip():
+      raise ValueError(f"bad --columns item {item!r}: use KEY:COLUMN with KEY one of {KEYS}, "
+                       "e.g. --columns=N:Model Size,C:Training FLOP,loss:loss")
+    mapping[key.strip()] = column.strip()
+  return mapping
+
+
+_WHERE = re.compile(r"^\s*([^!<>=]+?)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+
+
+def apply_where(frame: pd.DataFrame, exprs) -> pd.DataFrame:
+  """Keeps rows matching every `column OP value` (OP one of = != < <= > >=)."""
+  for expr in exprs or ():
+    match = _WHERE.match(expr)
+    if not match:
+      raise ValueError(f"bad --where {expr!r}: use COLUMN=VALUE (or != < <= > >=), e.g. "
+                       "--where=attention.kind=dense")
+    column, op, raw = match.groups()
+    if column not in frame:
+      raise ValueError(f"--where names unknown column {column!r}; columns: "
+                       f"{', '.join(map(str, frame.columns))}")
+    values = frame[column]
+    number = pd.to_numeric(pd.Series([raw]), errors="coerce").iloc[0]
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.isna(number)
+    value = number if numeric else raw
+    if not numeric:
+      values = values.astype(str)
+    keep = {"=": values == value, "!=": values != value, "<": values < value,
+            "<=": values <= value, ">": values > value, ">=": values >= value}[op]
+    frame = frame[keep.fillna(False).astype(bool)]
+  return frame
+
+
+def _warn(message: str):
+  logging.warning(message)
+  warnings.warn(message, stacklevel=3)
+
+
+def from_frame(frame: pd.DataFrame, columns: dict, *, n_kind: str = "",
+               min_points: int = MIN_POINTS) -> Points:
+  """Validates and converts a table; drops unusable rows with a counted warning."""
+  names = {key: columns.get(key) for key in KEYS}
+  present = {key: name for key, name in names.items() if name in frame}
+  missing = [k for k in ("N", "loss") if k not in present]
+  if "D" not in present and "C" not in present:
+    missing.append("D or C")
+  if missing:
+    raise ValueError(f"missing column(s) for {missing} (looked for "
+                     f"{ {k: names[k] for k in ('N', 'D', 'C', 'loss')} }); available: "
+                     f"{', '.join(map(str, frame.columns))}. Map them with --columns, e.g. "
+                     "--columns=N:Model Size,C:Training FLOP,loss:loss")
+  number = lambda key: pd.to_numeric(frame[present[key]], errors="coerce").to_numpy(float)
+  n, loss = number("N"), number("loss")
+  with np.errstate(divide="ignore", invalid="ignore"):
+    d = number("D") if "D" in present else number("C") / (6 * n)
+    c = number("C") if "C" in present else 6 * n * d
+  if "run_id" in present:
+    run_id = frame[present["run_id"]].astype(str).to_numpy()
+  else:
+    run_id = np.array([f"row{i}" for i in range(len(frame))])
+
+  reasons = {}
+  bad = np.zeros(len(frame), bool)
+  for key, x in (("N", n), ("D", d), ("C", c), ("loss", loss)):
+    nan = ~np.isfinite(x)
+    nonpositive = np.isfinite(x) & (x <= 0)
+    for why, mask in ((f"{key} missing/NaN", nan), (f"{key} <= 0", nonpositive)):
+      new = mask & ~bad
+      if new.any():
+        reasons[why] = int(new.sum())
+      bad |= mask
+  if reasons:
+    _warn(f"dropped {int(bad.sum())} of {len(frame)} rows: "
+          + ", ".join(f"{v} with {k}" for k, v in reasons.items()))
+  keep = ~bad
+  if keep.sum() < min_points:
+    raise ValueError(f"only {int(keep.sum())} usable row(s) (of {len(frame)}); a fit needs at "
+                     f"least {min_points} with positive, finite N, D (or C) and loss")
+  n, d, c, loss, run_id = n[keep], d[keep], c[keep], loss[keep], run_id[keep]
+  order = np.lexsort((run_id, loss, d, n, c))  # canonical: input order must not matter
+  return Points(N=n[order], D=d[order], C=c[order], loss=loss[order], run_id=run_id[order],
+                n_dropped=int(bad.sum()), n_kind=n_kind or names["N"])
+
+
+def holdout_split(points: Points, fraction: float = 0.2):
+  """(kept, held-out) masks: the held-out runs are the top `fraction` by compute (>= 1 run).
+
+  Runs are ranked by their largest C, so all points of a held-out run leave together.
+  """
+  runs, inverse = np.unique(points.run_id, return_inverse=True)
+  run_c = np.zeros(len(runs))
+  np.maximum.at(run_c, inverse, points.C)
+  n_out = max(1, int(round(fraction * len(runs))))
+  order = np.lexsort((runs, run_c))
+  held_runs = np.zeros(len(runs), bool)
+  held_runs[order[-n_out:]] = True
+  held = held_runs[inverse]
+  return ~held, held
