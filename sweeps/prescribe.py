@@ -25,7 +25,7 @@ ASPECT = 64  # width / depth of the preferred shape (Kaplan et al.: loss is flat
 _FIT = flags.DEFINE_string("fit", None, "fit.json written by sweeps.fit.")
 _BUDGET = flags.DEFINE_float("budget", None, "Training FLOP budget C.")
 _VARIANT = flags.DEFINE_string("variant", "small", "experiments/configs/lm.py variant whose "
-                               "vocab, seq_len, batch_size, mlp and kv-head ratios are kept.")
+                               "vocab, seq_len, mlp and kv-head ratios are kept.")
 _GROUP = flags.DEFINE_string("group", None, "Group of a --group_by fit to use.")
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
 
@@ -47,8 +47,15 @@ def select_group(fit: dict, group=None) -> tuple:
   return {"law": fit["law"], **fit["groups"][group]}, group
 
 
-def model_config(base, n_target: float, tokens: float, key: str):
-  """The (width, depth) shape whose parameter count is closest to n_target."""
+def batch_tokens(budget: float) -> float:
+  """Tokens per batch for a compute budget: DeepSeek LLM's fitted law (Bi et al. 2024,
+  B_opt = 0.292 C^0.3271), so a large budget is not prescribed a laptop's batch."""
+  return 0.292 * budget ** 0.3271
+
+
+def model_config(base, n_target: float, tokens: float, key: str, budget: float):
+  """The (width, depth) shape whose parameter count is closest to n_target; the
+  batch from `batch_tokens(budget)` in whole sequences; steps to reach `tokens`."""
   cfg = base.copy_and_resolve_references()
   m = cfg.model
   mlp_ratio = m.mlp_width / m.width
@@ -69,6 +76,7 @@ def model_config(base, n_target: float, tokens: float, key: str):
       if best is None or score < best[0]:
         best = (score, cfg.copy_and_resolve_references(), n)
   _, cfg, n = best
+  cfg.batch_size = max(1, round(batch_tokens(budget) / cfg.seq_len))
   cfg.steps = max(1, math.ceil(tokens / (cfg.batch_size * cfg.seq_len)))
   return cfg, n
 
@@ -85,7 +93,7 @@ def prescribe(fit: dict, budget: float, base, group=None) -> dict:
     base.attention.kind = group  # the prescription is for the attention kind that was fitted
   key = count_key(fit.get("n_kind", "params"))
   n_opt, d_opt = alloc["N_opt"][0][0], alloc["D_opt"][0][0]
-  cfg, n_model = model_config(base, n_opt, d_opt, key)
+  cfg, n_model = model_config(base, n_opt, d_opt, key, budget)
   tokens = cfg.steps * cfg.batch_size * cfg.seq_len
   return {
       "law": fit["law"], "group": group, "budget": budget,

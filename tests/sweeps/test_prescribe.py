@@ -77,3 +77,10 @@ def test_grouped_fit_needs_a_group_and_keeps_its_attention_kind(isoflop_fit):
     prescribe.prescribe(fit, 1e20, lm.get_config("tiny"))
   p = prescribe.prescribe(fit, 1e20, lm.get_config("tiny"), group="linear")
   assert p["group"] == "linear" and p["config"]["attention.kind"] == "linear"
+
+
+def test_batch_grows_with_budget():
+  from sweeps import prescribe
+  small, large = prescribe.batch_tokens(1e15), prescribe.batch_tokens(1e23)
+  assert 1e3 < small < large
+  assert large == pytest.approx(0.292 * 1e23 ** 0.3271)  # ~9.7M tokens at 1e23 FLOPs
