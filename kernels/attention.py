@@ -7,6 +7,7 @@ choices.
 import jax
 
 from kernels import dense
+from kernels import linear
 
 KINDS = ("dense", "block_sparse", "spectral", "linear")
 IMPLS = ("auto", "pallas", "xla", "reference")
@@ -32,7 +33,7 @@ def _dense(q, k, v, *, impl, causal):
 
 
 # kind -> callable(q, k, v, *, impl, causal, **params). Kernel modules add theirs.
-_DISPATCH = {"dense": _dense}
+_DISPATCH = {"dense": _dense, "linear": linear.linear_attention}
 
 
 def resolve_impl(impl, kind):
@@ -47,7 +48,7 @@ def resolve_impl(impl, kind):
   return "xla"
 
 
-_PALLAS_KINDS = set()
+_PALLAS_KINDS = {"linear"}
 
 
 def _check_shapes(q, k, v):
