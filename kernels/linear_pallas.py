@@ -30,6 +30,11 @@ Feature maps, padding and head-major transposes happen outside the kernels in jn
 (their gradients come from autodiff). The row normaliser is the same kernel with
 v replaced by ones: its output row t is sum_{s<=t} exp(G_t - G_s) phi(q_t).phi(k_s).
 The ones block is 16 wide (the smallest Triton dot) rather than 1.
+
+The squared ("2Mamba") map reaches the kernels as explicit K*K features, so the
+state is [K*K, V] and the intra-chunk q k^T costs C*C*K*K, where the XLA path
+uses (q.k)^2 at C*C*K. Keeping the kernels feature-map agnostic keeps one kernel
+and autodiff for every map; a fused squared kernel would need its own backward.
 """
 import functools
 
