@@ -10,6 +10,8 @@ small quadratic form; across chunks a [F, V] state per head carries the past:
 Cost is O(L C F + L F V) and memory linear in L. Only within-chunk cumulative
 decays are exponentiated, so they stay small even when the global cumsum is huge.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -20,64 +22,52 @@ from kernels.linear_reference import (apply_feature_map, check_linear_args, pad_
                                       safe_divide)
 
 
-def _within_chunk_decay(g_BNCH):
-  """exp(sum_{j < u <= i} g_u) for j <= i, else 0: [B, N, H, C, C].
-
-  Segment sums rather than differences b_i - b_j of the chunk cumsum: when b is
-  large the difference loses digits, and the log-decay gradient of a nearly
-  diagonal weight (all there is under strong decay) would inherit that error.
-  """
-  batch, chunks, chunk, heads = g_BNCH.shape
-  sums_XHCC = linear_reference.segment_sums(g_BNCH.reshape(batch * chunks, chunk, heads))
-  return jnp.exp(sums_XHCC).reshape(batch, chunks, heads, chunk, chunk)
+def _chunk_step(feature_map, state_BHFV, chunk):
+  """One chunk: its output and the state after it (shapes per chunk, C tokens)."""
+  q_BCHK, k_BCHK, v_BCHV, g_BCH = chunk
+  fq_BCHF = apply_feature_map(q_BCHK, feature_map)
+  fk_BCHF = apply_feature_map(k_BCHK, feature_map)
+  if feature_map == "squared":
+    # (q.k)^2 costs C*C*K here; the K*K expansion is needed only for the state.
+    scores_BHCC = jnp.einsum("bihk,bjhk->bhij", q_BCHK, k_BCHK) ** 2
+  else:
+    scores_BHCC = jnp.einsum("bihf,bjhf->bhij", fq_BCHF, fk_BCHF)
+  # Decays as direct segment sums (sum_{j < u <= i} g_u), not differences b_i - b_j
+  # of the chunk cumsum: those lose digits when b is large, and the log-decay
+  # gradient of the nearly diagonal weights (all there is under strong decay)
+  # would inherit the error.
+  weights_BHCC = scores_BHCC * jnp.exp(linear_reference.segment_sums(g_BCH))
+  from_start_BCH = jnp.exp(jnp.cumsum(g_BCH, axis=1))
+  to_end_BCH = jnp.exp(jnp.pad(jnp.cumsum(g_BCH[:, :0:-1], axis=1)[:, ::-1],
+                               ((0, 0), (0, 1), (0, 0))))
+  o_BCHV = jnp.einsum("bhij,bjhv->bihv", weights_BHCC, v_BCHV)
+  o_BCHV += jnp.einsum("bihf,bhfv->bihv", fq_BCHF * from_start_BCH[..., None], state_BHFV)
+  chunk_decay_BH = from_start_BCH[:, -1]
+  state_BHFV = (chunk_decay_BH[..., None, None] * state_BHFV
+                + jnp.einsum("bjhf,bjhv->bhfv", fk_BCHF * to_end_BCH[..., None], v_BCHV))
+  return state_BHFV, o_BCHV
 
 
 def _chunked(q_BLHK, k_BLHK, values_BLHV, g_BLH, feature_map, chunk_size):
-  """The chunkwise algorithm on float32 inputs with kv heads already expanded."""
+  """The chunkwise algorithm on float32 inputs with kv heads already expanded.
+
+  A scan over chunks whose body is rematerialised in the backward pass: only the
+  [F, V] state entering each chunk is kept, so memory stays linear in L with a
+  small constant and each step's working set fits in cache.
+  """
   length = q_BLHK.shape[1]
   q, k, values, g = (pad_to_chunks(x, chunk_size) for x in (q_BLHK, k_BLHK, values_BLHV, g_BLH))
   batch, padded, heads, _ = q.shape
   chunks = padded // chunk_size
 
-  def by_chunk(x):
-    return x.reshape(batch, chunks, chunk_size, *x.shape[2:])
+  def chunk_major(x_BL):
+    return jnp.moveaxis(x_BL.reshape(batch, chunks, chunk_size, *x_BL.shape[2:]), 1, 0)
 
-  fq_BNCHF = by_chunk(apply_feature_map(q, feature_map))
-  fk_BNCHF = by_chunk(apply_feature_map(k, feature_map))
-  values_BNCHV = by_chunk(values)
-  g_BNCH = by_chunk(g)
-  b_BNCH = jnp.cumsum(g_BNCH, axis=2)
-  b_last_BNH = b_BNCH[:, :, -1]
-  # b_last - b_j summed directly (the decay from token j to the chunk's end).
-  to_end_BNCH = jnp.exp(jnp.pad(jnp.cumsum(g_BNCH[:, :, :0:-1], axis=2)[:, :, ::-1],
-                                ((0, 0), (0, 0), (0, 1), (0, 0))))
-
-  if feature_map == "squared":
-    # (q.k)^2 costs C*C*K here; the K*K expansion is needed only for the state.
-    q_BNCHK, k_BNCHK = by_chunk(q), by_chunk(k)
-    scores_BNHCC = jnp.einsum("bnihk,bnjhk->bnhij", q_BNCHK, k_BNCHK) ** 2
-  else:
-    scores_BNHCC = jnp.einsum("bnihf,bnjhf->bnhij", fq_BNCHF, fk_BNCHF)
-  weights_BNHCC = scores_BNHCC * _within_chunk_decay(g_BNCH)
-  intra_BNCHV = jnp.einsum("bnhij,bnjhv->bnihv", weights_BNHCC, values_BNCHV)
-
-  contrib_BNHFV = jnp.einsum("bnjhf,bnjhv->bnhfv", fk_BNCHF * to_end_BNCH[..., None],
-                             values_BNCHV)
-
-  def carry_state(state_BHFV, chunk):
-    b_last_BH, contrib_BHFV = chunk
-    entering = state_BHFV
-    state_BHFV = jnp.exp(b_last_BH)[..., None, None] * state_BHFV + contrib_BHFV
-    return state_BHFV, entering
-
-  state0_BHFV = jnp.zeros(contrib_BNHFV.shape[:1] + contrib_BNHFV.shape[2:], jnp.float32)
-  _, entering_NBHFV = jax.lax.scan(
-      carry_state, state0_BHFV,
-      (jnp.moveaxis(b_last_BNH, 1, 0), jnp.moveaxis(contrib_BNHFV, 1, 0)))
-  inter_BNCHV = jnp.einsum("bnihf,nbhfv->bnihv", fq_BNCHF * jnp.exp(b_BNCH)[..., None],
-                           entering_NBHFV)
-  o_BNCHV = inter_BNCHV + intra_BNCHV
-  return o_BNCHV.reshape(batch, padded, heads, -1)[:, :length]
+  features = apply_feature_map(q[:, :1], feature_map).shape[-1]
+  state_BHFV = jnp.zeros((batch, heads, features, values.shape[-1]), jnp.float32)
+  step = jax.checkpoint(functools.partial(_chunk_step, feature_map))
+  _, o_NBCHV = jax.lax.scan(step, state_BHFV, tuple(chunk_major(x) for x in (q, k, values, g)))
+  return jnp.moveaxis(o_NBCHV, 0, 1).reshape(batch, padded, heads, -1)[:, :length]
 
 
 def xla_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
