@@ -187,3 +187,14 @@ def test_positive_decay_is_not_checked_under_jit():
   q, k, v = _small()
   fn = jax.jit(lambda g: attention(q, k, v, kind="linear", impl="xla", log_decay=g))
   assert fn(jnp.full((1, 6, 2), -0.1)).shape == q.shape
+
+
+def test_zero_normaliser_gives_zeros_not_nan():
+  """relu features of an all-negative query overlap no key: the row is 0, not NaN."""
+  q, k, v = _small()
+  q = -q
+  for impl in ("reference", "xla", "pallas"):
+    fn = jax.jit(lambda q, k, v: attention(q, k, v, kind="linear", impl=impl,
+                                           feature_map="relu", normalize=True))
+    out = fn(q, k, v)
+    assert np.isfinite(np.asarray(out)).all() and not np.asarray(out).any(), impl
