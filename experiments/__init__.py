@@ -1,0 +1,1 @@
+"""Training: the trainer, data (grain), checkpoints (orbax), metrics, configs."""

@@ -1,0 +1,106 @@
+"""Config helpers shared by the trainer and the sweeps: load, validate, override.
+
+Configs are Python files exposing `get_config(arg)` (`lm.py:tiny`). Override
+keys are dotted paths; an unknown key fails with the closest valid keys before
+anything runs or is written.
+"""
+import difflib
+import importlib.util
+import json
+import os
+
+from ml_collections import config_dict
+
+
+def load(spec):
+  """'path/to/file.py:arg' -> ConfigDict."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path!r} does not exist (from --config={spec}).")
+  module_spec = importlib.util.spec_from_file_location("_chinchax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def leaf_keys(cfg, prefix=""):
+  """All dotted paths to leaves (ConfigDicts are descended, other values are leaves)."""
+  keys = []
+  for name, value in cfg.items():
+    path = f"{prefix}{name}"
+    if isinstance(value, config_dict.ConfigDict):
+      keys.extend(leaf_keys(value, path + "."))
+    else:
+      keys.append(path)
+  return keys
+
+
+def unknown_key_message(key, valid):
+  close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+  if not close:
+    tail = key.rsplit(".", 1)[-1]
+    close = [k for k in valid if k.rsplit(".", 1)[-1] == tail][:3]
+  hint = f" Did you mean {', '.join(close)}?" if close else ""
+  return f"unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}."
+
+
+def check_keys(cfg, keys):
+  valid = leaf_keys(cfg)
+  for key in keys:
+    if key not in valid:
+      raise ValueError(unknown_key_message(key, valid))
+
+
+def override(cfg, overrides):
+  """A copy of cfg with {dotted_key: value} applied (keys validated first)."""
+  check_keys(cfg, overrides)
+  out = cfg.copy_and_resolve_references()
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+      node = node[p]
+    if isinstance(value, list):
+      value = tuple(value)
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise ValueError(f"config key {key!r}: cannot set {value!r}: {e}") from None
+  return out
+
+
+def argv_override_keys(argv, flag="config"):
+  """Dotted keys of `--config.KEY=...` / `--config.KEY ...` arguments in argv."""
+  keys = []
+  for arg in argv:
+    if arg.startswith(f"--{flag}."):
+      keys.append(arg[len(flag) + 3:].split("=", 1)[0])
+  return keys
+
+
+def argv_config_spec(argv, flag="config"):
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{flag}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{flag}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def to_dict(cfg):
+  return json.loads(cfg.to_json_best_effort())
+
+
+def to_json(cfg):
+  return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def flatten(d, prefix=""):
+  """{'a': {'b': 1}} -> {'a.b': 1} (tuples/lists are leaves)."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out

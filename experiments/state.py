@@ -1,0 +1,112 @@
+"""Train state (plain pytrees), its shardings, and the jitted train/eval steps.
+
+The state is {'params', 'opt_state', 'step'} of plain dicts and arrays: the model
+is rebuilt inside the step from its graphdef (nnx.merge), so jit, orbax and the
+sharding rules all see ordinary pytrees.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+import models
+import parallel
+from experiments import optimizer
+
+
+def cross_entropy(logits_BLV, targets_BL):
+  logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1))
+
+
+@dataclasses.dataclass
+class Program:
+  """Everything compiled for one config on one mesh."""
+  graphdef: object
+  tx: optax.GradientTransformation
+  lr: object
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  state_shardings: dict
+  batch_sharding: NamedSharding
+  abstract_state: dict
+  init: object
+  train_step: object
+  eval_step: object
+
+
+def param_shardings(abstract_params_state, mesh, rules):
+  """NamedSharding per parameter from its logical names (`out_sharding` metadata)."""
+  def to_sharding(variable):
+    names = variable.get_metadata().get("out_sharding") or ()
+    return NamedSharding(mesh, parallel.spec_for(names, rules, mesh.axis_names))
+  shardings = jax.tree.map(to_sharding, abstract_params_state,
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.to_pure_dict(shardings)
+
+
+def build(cfg, mesh):
+  rules = tuple(tuple(r) for r in cfg.mesh.rules)
+  abstract_model = nnx.eval_shape(lambda: models.LM(cfg, rngs=nnx.Rngs(cfg.seed)))
+  graphdef, abstract_params_state = nnx.split(abstract_model, nnx.Param)
+  abstract_params = nnx.to_pure_dict(abstract_params_state)
+  tx, lr = optimizer.make(cfg.optimizer, cfg.steps, abstract_params, cfg.model,
+                          models.width_mult(cfg.model))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  p_shardings = param_shardings(abstract_params_state, mesh, rules)
+
+  def init():
+    model = models.LM(cfg, rngs=nnx.Rngs(cfg.seed))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {"params": params, "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+  abstract = jax.eval_shape(init)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract["opt_state"], p_shardings,
+      transform_non_params=lambda _: replicated)
+  state_shardings = {"params": p_shardings, "opt_state": opt_shardings, "step": replicated}
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+  batch_spec = parallel.spec_for(("batch", None), rules, mesh.axis_names)
+  batch_sharding = NamedSharding(mesh, batch_spec)
+
+  def loss_fn(params, batch_BL):
+    """(loss, aux): aux holds the mean attention density of the sparse layers."""
+    model = nnx.merge(graphdef, nnx.State(params))
+    logits_BLV = model(batch_BL[:, :-1])
+    densities = jax.tree.leaves(nnx.pop(model, nnx.Intermediate))
+    aux = {"attn_density": jnp.mean(jnp.stack(densities))} if densities else {}
+    return cross_entropy(logits_BLV, batch_BL[:, 1:]), aux
+
+  def train_step(state, batch_BL):
+    with parallel.activate(mesh, rules):
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state["params"], batch_BL)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "lr": lr(state["step"]), **aux}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  def eval_step(params, batch_BL):
+    with parallel.activate(mesh, rules):
+      return loss_fn(params, batch_BL)[0]
+
+  return Program(
+      graphdef=graphdef, tx=tx, lr=lr, mesh=mesh, rules=rules,
+      state_shardings=state_shardings, batch_sharding=batch_sharding,
+      abstract_state=abstract_state,
+      init=jax.jit(init, out_shardings=state_shardings),
+      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0),
+      eval_step=jax.jit(eval_step, in_shardings=(p_shardings, batch_sharding),
+                        out_shardings=replicated))
+
+
+def global_batch(program, local_batch):
+  """This process's rows -> one global array sharded over the mesh's batch axes."""
+  return jax.make_array_from_process_local_data(program.batch_sharding, local_batch)

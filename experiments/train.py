@@ -1,0 +1,228 @@
+"""Trains one run into a run directory.
+
+  python -m experiments.train --config=experiments/configs/lm.py:tiny --workdir=DIR \
+      [--config.key=value ...]
+
+Relaunching on the same workdir resumes from the latest checkpoint (metrics
+after it are rewritten); a finished run is left as it is.
+"""
+import os
+import platform
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+import models
+import parallel
+from experiments import checkpoint, config as config_lib, data as data_lib, metrics, state as state_lib
+
+STATUSES = ("running", "done", "failed", "diverged", "preempted")
+
+
+def versions():
+  import flax, grain, optax, orbax.checkpoint as ocp
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "flax": flax.__version__, "optax": optax.__version__,
+          "orbax": ocp.__version__, "grain": getattr(grain, "__version__", "?")}
+
+
+def validate(cfg):
+  """Checks that need no workdir: unknown choices fail here, before anything is written."""
+  config_lib.check_keys(cfg, [])
+  if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 2:
+    raise ValueError("steps and batch_size must be >= 1 and seq_len >= 2.")
+  for key in ("log_every", "eval_every", "checkpoint_every"):
+    if cfg[key] < 1:
+      raise ValueError(f"{key} must be >= 1, got {cfg[key]}.")
+  if cfg.wandb.mode not in ("offline", "online", "disabled"):
+    raise ValueError(f"wandb.mode must be offline|online|disabled, got {cfg.wandb.mode!r}.")
+  models.layer_kinds(cfg)
+
+
+def _check_same_config(workdir, cfg_dict):
+  path = os.path.join(workdir, "config.json")
+  old = metrics.read_json(path)
+  if old is None:
+    metrics.write_json_atomic(path, cfg_dict)
+    return
+  old_flat, new_flat = config_lib.flatten(old), config_lib.flatten(cfg_dict)
+  diff = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+  if diff:
+    raise ValueError(
+        f"{workdir} holds a run with a different config (keys {diff}); "
+        "use a new --workdir or the same config to resume.")
+
+
+class _Preemption:
+  """SIGTERM (Slurm preemption, kill): checkpoint at the next step, then stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, *_):
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def run(cfg, workdir):
+  """Trains to cfg.steps (or resumes); returns the summary dict."""
+  validate(cfg)
+  is_writer = jax.process_index() == 0
+  data = data_lib.build(cfg, jax.process_index(), jax.process_count())
+  mesh = parallel.make_mesh(cfg.mesh)
+  program = state_lib.build(cfg, mesh)
+  counts = models.count_params(cfg)
+  flops_per_token = models.flops_per_token(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  cfg_dict = config_lib.to_dict(cfg)
+  summary_path = os.path.join(workdir, metrics.SUMMARY)
+  previous = metrics.read_json(summary_path, {}) or {}
+  if is_writer:
+    _check_same_config(workdir, cfg_dict)
+  ckpt = checkpoint.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
+  start = ckpt.latest_step() or 0
+  if start >= cfg.steps and previous.get("status") == "done":
+    ckpt.close()
+    print(f"{workdir}: already done ({start} steps).", file=sys.stderr)
+    return previous
+
+  tokens_per_step = cfg.batch_size * cfg.seq_len
+  train_iter = data.train_iterator()
+  if start:
+    state, data_state = ckpt.restore(start, program.abstract_state)
+    train_iter.set_state(data_state)
+  else:
+    state = program.init()
+  flops_so_far = start * tokens_per_step * flops_per_token
+  if is_writer:
+    metrics_path = os.path.join(workdir, metrics.METRICS)
+    metrics.truncate_metrics(metrics_path, start)
+    kept, _ = metrics.read_metrics(metrics_path)
+    if start and kept:  # the measured count up to the checkpoint (sparse densities)
+      flops_so_far = kept[-1]["flops"]
+  eval_batches = [state_lib.global_batch(program, b) for b in data.eval_iterable()]
+  summary = {
+      "status": "running", "step": start, "steps": cfg.steps,
+      "params": counts["total"], "params_non_embedding": counts["non_embedding"],
+      "flops_per_token": flops_per_token, "tokens": start * tokens_per_step,
+      "flops": flops_so_far,
+      "final_loss": previous.get("final_loss"), "eval_loss": previous.get("eval_loss"),
+      "wall_seconds": previous.get("wall_seconds", 0.0), "versions": versions(),
+      "attention_kinds": models.layer_kinds(cfg), **data.summary,
+  }
+  writer = metrics.MetricsWriter(workdir, enabled=is_writer, wandb_cfg=cfg.wandb, config=cfg_dict)
+
+  def save_summary(**updates):
+    summary.update(updates, heartbeat=time.time())
+    if is_writer:
+      metrics.write_json_atomic(summary_path, summary)
+
+  save_summary()
+  preemption = _Preemption()
+  wall0, last_time, last_step = time.time(), time.time(), start
+  flops_total = flops_so_far
+  base_wall = summary["wall_seconds"]
+  try:
+    for step in range(start + 1, cfg.steps + 1):
+      batch = state_lib.global_batch(program, next(train_iter))
+      state, step_metrics = program.train_step(state, batch)
+      is_eval = step % cfg.eval_every == 0 or step == cfg.steps
+      is_ckpt = step % cfg.checkpoint_every == 0 or step == cfg.steps or preemption.requested
+      if step % cfg.log_every and not is_eval and not is_ckpt:
+        continue
+      m = jax.device_get(step_metrics)
+      now = time.time()
+      tokens_per_sec = (step - last_step) * tokens_per_step / max(now - last_time, 1e-9)
+      density = float(m["attn_density"]) if "attn_density" in m else None
+      # Sparse kinds: the interval since the last record is charged at the density
+      # measured now (the count for the kind actually used, not the dense bound).
+      flops_total += (step - last_step) * tokens_per_step * models.flops_per_token(cfg, density)
+      record = {"step": step, "tokens": step * tokens_per_step, "flops": flops_total,
+                "loss": float(m["loss"]), "lr": float(m["lr"]),
+                "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tokens_per_sec}
+      if density is not None:
+        record["attn_density"] = density
+      if not np.isfinite(record["loss"]):
+        writer.write(record)
+        save_summary(status="diverged", step=step, final_loss=record["loss"],
+                     wall_seconds=base_wall + time.time() - wall0)
+        print(f"step {step}: loss is {record['loss']}; stopping (status diverged).",
+              file=sys.stderr)
+        return summary
+      if is_eval:
+        losses = [program.eval_step(state["params"], b) for b in eval_batches]
+        record["eval_loss"] = float(np.mean(jax.device_get(losses)))
+      writer.write(record)
+      metrics.progress_line(step, cfg.steps, record["loss"], tokens_per_sec,
+                            step - start, time.time() - wall0)
+      if is_ckpt:
+        ckpt.save(step, state, train_iter.get_state(), force=True)
+      save_summary(step=step, tokens=record["tokens"], flops=record["flops"],
+                   attn_density=record.get("attn_density"),
+                   final_loss=record["loss"],
+                   eval_loss=record.get("eval_loss", summary["eval_loss"]),
+                   wall_seconds=base_wall + time.time() - wall0)
+      last_time, last_step = time.time(), step
+      if preemption.requested and step < cfg.steps:
+        ckpt.close()
+        save_summary(status="preempted")
+        return summary
+    ckpt.close()
+    save_summary(status="done")
+    return summary
+  except BaseException as e:
+    save_summary(status="failed", error=f"{type(e).__name__}: {e}")
+    raise
+  finally:
+    preemption.restore()
+    writer.close()
+
+
+# --- command line -----------------------------------------------------------
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and variant, e.g. experiments/configs/lm.py:tiny.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it exists).")
+
+
+def parse_flags(argv):
+  """Rejects unknown --config.KEY overrides (naming the closest keys) before absl
+  parses them, so a typo fails cleanly and nothing is created."""
+  spec = config_lib.argv_config_spec(argv)
+  keys = config_lib.argv_override_keys(argv)
+  if spec and keys:
+    try:
+      config_lib.check_keys(config_lib.load(spec), keys)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  return flags.FLAGS(argv)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  if _CONFIG.value is None or not _WORKDIR.value:
+    print("usage: python -m experiments.train --config=experiments/configs/lm.py:tiny "
+          "--workdir=DIR [--config.KEY=VALUE ...]", file=sys.stderr)
+    return 2
+  try:
+    summary = run(_CONFIG.value, _WORKDIR.value)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{_WORKDIR.value}: status {summary['status']}, final loss "
+        f"{summary.get('final_loss')}, eval loss {summary.get('eval_loss')}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,67 @@
+"""Building blocks: parameters with logical axis names, RMSNorm, RoPE, SwiGLU.
+
+Every parameter carries the logical names of its axes (`embed`, `mlp`, `heads`,
+`kv_heads`, `head_dim`, `vocab`, `norm`) as `out_sharding` metadata. Eager
+sharding is off: `parallel` maps the names to mesh axes with one rules table and
+creates the state already sharded.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(rngs, shape, names, std):
+  """A float32 parameter ~ N(0, std^2) (std 0 gives zeros) tagged with logical names."""
+  assert len(shape) == len(names), (shape, names)
+  value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+  return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+def ones_param(shape, names):
+  return nnx.Param(jnp.ones(shape, jnp.float32), out_sharding=tuple(names),
+                   eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, width, *, eps=1e-6):
+    self.scale = ones_param((width,), ("norm",))
+    self.eps = eps
+
+  def __call__(self, x_BLD):
+    x = x_BLD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * self.scale[...]).astype(x_BLD.dtype)
+
+
+def rope_tables(seq_len, head_dim, theta):
+  """cos/sin [L, K/2] for the rotate-half layout: dim i pairs with i + K/2.
+
+  inv_freq = theta^(-2i/K), so the LOW indices of each half are the HIGH
+  frequencies (the spectral estimator relies on this convention).
+  """
+  half = head_dim // 2
+  inv_freq_F = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)
+  angle_LF = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq_F[None, :]
+  return jnp.cos(angle_LF), jnp.sin(angle_LF)
+
+
+def apply_rope(x_BLHK, cos_LF, sin_LF):
+  half = x_BLHK.shape[-1] // 2
+  x = x_BLHK.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  cos, sin = cos_LF[None, :, None, :], sin_LF[None, :, None, :]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BLHK.dtype)
+
+
+class SwiGLU(nnx.Module):
+  def __init__(self, width, mlp_width, *, rngs, std, out_std):
+    self.w_gate_DF = param(rngs, (width, mlp_width), ("embed", "mlp"), std)
+    self.w_up_DF = param(rngs, (width, mlp_width), ("embed", "mlp"), std)
+    self.w_down_FD = param(rngs, (mlp_width, width), ("mlp", "embed"), out_std)
+
+  def __call__(self, x_BLD):
+    dtype = x_BLD.dtype
+    gate_BLF = x_BLD @ self.w_gate_DF[...].astype(dtype)
+    up_BLF = x_BLD @ self.w_up_DF[...].astype(dtype)
+    return (jax.nn.silu(gate_BLF) * up_BLF) @ self.w_down_FD[...].astype(dtype)

@@ -1,0 +1,18 @@
+"""Meshes, logical-axis rules and shardings (imports only jax).
+
+Names load on first use (PEP 562): a config that reads `parallel.DEFAULT_RULES`
+does not start JAX, so sweep dry runs stay instant.
+"""
+import importlib
+
+_EXPORTS = {"make_mesh": "parallel.mesh", "axis_sizes": "parallel.mesh", "AXES": "parallel.mesh",
+            "DEFAULT_RULES": "parallel.default_rules", "spec_for": "parallel.rules",
+            "activate": "parallel.rules", "constrain": "parallel.rules"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'parallel' has no attribute {name!r}")
+  return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,1 @@
+"""Sweeps: definitions, launchers, the run store, scaling-law fits and prescriptions."""
