@@ -129,11 +129,10 @@ def test_bfloat16_matches_references(impl, case_name):
 
 
 def test_entry_point_dispatches_each_impl():
-  case = CASES["elu1_normalize_gqa"]
+  case = CASES["relu_shorter_than_chunk"]
   q, k, v, g, _ = _inputs(BASE_SEED + 200, case)
-  options = dict(log_decay=g, feature_map="elu1", normalize=True, chunk_size=8)
-  ref = linear_reference.quadratic_linear_attention(q, k, v, g, feature_map="elu1",
-                                                    normalize=True)
+  options = dict(log_decay=g, feature_map="relu", chunk_size=case["chunk"])
+  ref = linear_reference.quadratic_linear_attention(q, k, v, g, feature_map="relu")
   for impl in ("reference", "xla", "pallas"):
     out = jax.jit(lambda q, k, v: attention(q, k, v, kind="linear", impl=impl, **options))(q, k, v)
     assert _rel(out, ref) < 1e-5, f"impl {impl}, seed {BASE_SEED + 200}"
