@@ -6,7 +6,7 @@ choices.
 """
 import jax
 
-from kernels import dense, sparse
+from kernels import dense, linear, sparse
 from kernels.flash import flash_attention
 
 KINDS = ("dense", "block_sparse", "spectral", "linear")
@@ -36,7 +36,7 @@ def _dense(q, k, v, *, impl, causal):
 
 # kind -> callable(q, k, v, *, impl, causal, **params). Kernel modules add theirs.
 _DISPATCH = {"dense": _dense, "block_sparse": sparse.block_sparse,
-             "spectral": sparse.spectral}
+             "spectral": sparse.spectral, "linear": linear.linear_attention}
 
 
 def resolve_impl(impl, kind):
@@ -51,7 +51,7 @@ def resolve_impl(impl, kind):
   return "xla"
 
 
-_PALLAS_KINDS = {"dense", "block_sparse", "spectral"}
+_PALLAS_KINDS = {"dense", "block_sparse", "spectral", "linear"}
 
 
 def _check_shapes(q, k, v):
