@@ -18,6 +18,16 @@ from models.layout import head_dim, pattern_kinds
 FEATURE_DIM = {"identity": 1, "elu1": 1, "relu": 1}  # x K; "squared" is K^2
 
 
+def linear_extra_params(cfg):
+  """A linear layer's parameters beyond the q/k/v/o projections: the decay
+  projection W_a [D, H] and bias [H], and the size-2 convolutions on q, k, v."""
+  m, a = cfg.model, cfg.attention
+  H, G, K = m.heads, m.kv_heads, head_dim(m)
+  decay = m.width * H + H if a.get("decay", False) else 0
+  conv = 2 * (H + 2 * G) * K if a.get("conv", False) else 0
+  return decay + conv
+
+
 def count_params(cfg):
   """{'total', 'non_embedding'} for a full config (layer kinds change the count).
 
@@ -26,7 +36,8 @@ def count_params(cfg):
   m = cfg.model
   D, H, G, K, F, V = m.width, m.heads, m.kv_heads, head_dim(m), m.mlp_width, m.vocab_size
   per_layer = D * H * K + 2 * D * G * K + H * K * D + 3 * D * F + 2 * D
-  blocks = per_layer * m.depth
+  kinds = pattern_kinds(cfg)
+  blocks = per_layer * m.depth + kinds.count("linear") * linear_extra_params(cfg)
   embedding = V * D
   head = 0 if m.tie_embeddings else V * D
   total = embedding + blocks + D + head
@@ -53,11 +64,17 @@ def attention_core_flops_per_token(kind, cfg, density=None):
   m = cfg.model
   H, K = m.heads, head_dim(m)
   if kind == "linear":
-    C = min(cfg.attention.chunk_size, cfg.seq_len)
-    feature = cfg.attention.feature_map
-    Kf = K * K if feature == "squared" else K * FEATURE_DIM[feature]
-    # intra-chunk QK^T (whole C x C chunk) and (.)V, state read q.S and update k^T v.
-    return H * (2 * Kf * C + 2 * K * C + 4 * Kf * K)
+    a = cfg.attention
+    C = min(a.chunk_size, cfg.seq_len)
+    Kf = K * K if a.feature_map == "squared" else K * FEATURE_DIM[a.feature_map]
+    Vn = K + (1 if a.normalize else 0)  # normalisation carries a ones column with v
+    # Per token, as the chunked XLA path computes it: its row of the whole C x C
+    # chunk product q.k (the squared map squares q.k, so K wide, not K^2) and of
+    # (scores)V, then the state read phi(q).S and its update phi(k)^T v (Kf x Vn).
+    intra = 2 * K * C + 2 * Vn * C
+    inter = 4 * Kf * Vn
+    extra = 2 * cfg.model.width + (6 if a.get("conv", False) else 0) * K  # decay, conv
+    return H * (intra + inter) + extra
   scores = attention_scores_per_token(kind, cfg, density)
   return H * (4 * K * scores + 3 * scores)
 

@@ -64,9 +64,11 @@ def base():
   c.attention.sim_threshold = placeholder(float)
   c.attention.high_freq_dims = placeholder(int)
   c.attention.max_blocks = placeholder(int)  # xla sparse path: static bound on kept blocks per row
-  c.attention.feature_map = "identity"
+  c.attention.feature_map = "identity"  # linear: identity | elu1 | relu | squared
   c.attention.normalize = False
   c.attention.chunk_size = 64
+  c.attention.decay = True            # linear: per-token decay -softplus(W_a x + b)
+  c.attention.conv = True             # linear: causal depthwise conv (size 2) on q, k, v
 
   c.optimizer = config_dict.ConfigDict()
   c.optimizer.lr = 3e-3

@@ -15,6 +15,10 @@ KINDS = {
     "sparge": {"attention.kind": "block_sparse", "attention.estimator": "sparge",
                "attention.topk": 0.3, "model.depth": 1},
     "dense": {"model.depth": 1},
+    # 2Mamba: decay, size-2 conv, squared feature map with row normalisation.
+    "2mamba": {"attention.kind": "linear", "attention.feature_map": "squared",
+               "attention.normalize": True, "attention.chunk_size": 16, "model.depth": 1},
+    "hybrid": {"attention.pattern": ("dense", "linear"), "attention.chunk_size": 16},
 }
 STATIC = {"attention.kind": "block_sparse", "attention.window_blocks": 1,
           "attention.sink_blocks": 1}
@@ -30,7 +34,7 @@ def test_kind_trains_and_pallas_matches_xla(micro_cfg, name):
   loss_pallas = np.array([m["loss"] for m in pallas])
   np.testing.assert_allclose(loss_pallas, loss_xla, rtol=1e-4)
   assert np.all(np.isfinite(loss_xla)) and loss_xla[-1] < loss_xla[0]
-  if name != "dense":
+  if name in ("mixed", "sparge"):
     density = xla[-1]["attn_density"]
     assert 0 < density < 1, density
     np.testing.assert_allclose(pallas[-1]["attn_density"], density, rtol=1e-6)

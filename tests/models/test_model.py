@@ -14,8 +14,10 @@ def n_params(model):
 
 @pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.parametrize("parametrization", ["sp", "mup"])
-def test_count_params_matches_model(micro_cfg, tie, parametrization):
-  cfg = micro_cfg(**{"model.tie_embeddings": tie, "model.parametrization": parametrization})
+@pytest.mark.parametrize("pattern", [(), ("linear",), ("dense", "linear")])
+def test_count_params_matches_model(micro_cfg, tie, parametrization, pattern):
+  cfg = micro_cfg(**{"model.tie_embeddings": tie, "model.parametrization": parametrization,
+                     "attention.pattern": pattern})
   model = models.LM(cfg, rngs=nnx.Rngs(0))
   counts = models.count_params(cfg)
   assert counts["total"] == n_params(model)

@@ -1,0 +1,82 @@
+"""Linear-attention mixer: the 2Mamba2Furious ("Mamba-2S") block option.
+
+Per head and token a decay a_t = -softplus(W_a x_t + b) <= 0 (Mamba-2's scalar
+decay without the D residual, z gate or value discretisation), an optional
+causal depthwise convolution of size 2 on q, k and v, and the chunked
+`kernels.attention(kind="linear")` with the configured feature map (the paper's
+"2Mamba" is feature_map="squared", normalize=True). No RoPE: the decay carries
+position. q is scaled by 1/sqrt(K) so the squared map scores (q.k/sqrt(K))^2.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import kernels
+import parallel
+from models.layers import param
+from models.layout import head_dim
+
+
+def _decay_bias(num_heads):
+  """softplus^-1 of per-head decay rates log-spaced in [1e-3, 1e-1]: memory spans
+  of ~10 to ~1000 tokens at initialisation (Mamba's dt initialisation)."""
+  rate_H = np.exp(np.linspace(np.log(1e-3), np.log(1e-1), num_heads))
+  return jnp.asarray(rate_H + np.log(-np.expm1(-rate_H)), jnp.float32)
+
+
+def causal_conv2(x_BLCK, w_2CK):
+  """y_t = w_0 * x_t + w_1 * x_{t-1} per channel (x_{-1} = 0)."""
+  shifted_BLCK = jnp.pad(x_BLCK, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
+  return w_2CK[0] * x_BLCK + w_2CK[1] * shifted_BLCK
+
+
+def _conv_weights(channels, dim):
+  # Identity at initialisation (w_0 = 1, w_1 = 0); learning moves it.
+  value = jnp.stack([jnp.ones((channels, dim)), jnp.zeros((channels, dim))])
+  names = ("conv", "heads", "head_dim")
+  return nnx.Param(value.astype(jnp.float32), out_sharding=names, eager_sharding=False)
+
+
+class LinearAttention(nnx.Module):
+  def __init__(self, cfg, *, rngs, std, out_std):
+    m, a = cfg.model, cfg.attention
+    D, H, G, K = m.width, m.heads, m.kv_heads, head_dim(m)
+    self.impl, self.head_dim = a.impl, K
+    self.options = {"feature_map": a.feature_map, "normalize": a.normalize,
+                    "chunk_size": a.chunk_size}
+    self.wq_DHK = param(rngs, (D, H, K), ("embed", "heads", "head_dim"), std)
+    self.wk_DGK = param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std)
+    self.wv_DGK = param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std)
+    self.wo_HKD = param(rngs, (H, K, D), ("heads", "head_dim", "embed"), out_std)
+    self.decay = a.decay
+    if a.decay:
+      self.wa_DH = param(rngs, (D, H), ("embed", "heads"), std)
+      self.decay_bias_H = nnx.Param(_decay_bias(H), out_sharding=("heads",),
+                                    eager_sharding=False)
+    self.conv = a.conv
+    if a.conv:
+      self.conv_q_2HK = _conv_weights(H, K)
+      self.conv_k_2GK = _conv_weights(G, K)
+      self.conv_v_2GK = _conv_weights(G, K)
+
+  def __call__(self, x_BLD, cos_LF=None, sin_LF=None):
+    del cos_LF, sin_LF  # position comes from the decay
+    dtype = x_BLD.dtype
+    q_BLHK = jnp.einsum("bld,dhk->blhk", x_BLD, self.wq_DHK[...].astype(dtype))
+    k_BLGK = jnp.einsum("bld,dgk->blgk", x_BLD, self.wk_DGK[...].astype(dtype))
+    v_BLGK = jnp.einsum("bld,dgk->blgk", x_BLD, self.wv_DGK[...].astype(dtype))
+    if self.conv:
+      q_BLHK = causal_conv2(q_BLHK, self.conv_q_2HK[...].astype(dtype))
+      k_BLGK = causal_conv2(k_BLGK, self.conv_k_2GK[...].astype(dtype))
+      v_BLGK = causal_conv2(v_BLGK, self.conv_v_2GK[...].astype(dtype))
+    q_BLHK = q_BLHK * jnp.asarray(self.head_dim ** -0.5, dtype)
+    log_decay_BLH = None
+    if self.decay:
+      pre_BLH = x_BLD.astype(jnp.float32) @ self.wa_DH[...] + self.decay_bias_H[...]
+      log_decay_BLH = -jax.nn.softplus(pre_BLH)
+    q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
+    o_BLHK = kernels.attention(q_BLHK, k_BLGK, v_BLGK, kind="linear", impl=self.impl,
+                               causal=True, log_decay=log_decay_BLH, **self.options)
+    o_BLHK = parallel.constrain(o_BLHK.astype(dtype), ("batch", "length", "heads", "head_dim"))
+    return jnp.einsum("blhk,hkd->bld", o_BLHK, self.wo_HKD[...].astype(dtype))
