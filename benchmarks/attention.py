@@ -107,6 +107,25 @@ def gpu_comparison(repeats):
     print(f"{label:32} {density:8.3f} {seconds * 1e3:9.2f}")
 
 
+def print_linear_table(lengths, repeats):
+  """Linear attention time and compiled temporary memory against L, the log-log
+  slope (~1 for linear, ~2 for dense) and the speedup over dense at 8192."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import linear_attention
+  rows = linear_attention.linear_rows(tuple(lengths), dense_length=8192, repeats=repeats)
+  print("linear attention (xla, chunk 64), batch 1, 4 heads, head_dim 64, float32, "
+        "forward+backward incl. the log_decay gradient")
+  print(f"{'kind':<8}{'impl':<6}{'L':>7}{'fwd+bwd ms':>12}{'temp MiB':>10}")
+  for r in rows:
+    print(f"{r['kind']:<8}{r['impl']:<6}{r['L']:>7}{r['fwd_bwd_ms']:>12.1f}"
+          f"{r['temp_MiB']:>10.1f}", flush=True)
+  print(f"log-log slope of linear time vs L: {linear_attention.loglog_slope(rows):.3f} "
+        "(target <= 1.15)")
+  if 8192 in lengths:
+    print(f"linear over dense xla at L=8192: "
+          f"{linear_attention.speedup_over_dense(rows, 8192):.1f}x (target >= 4x)\n")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--lengths", default="1024,2048,4096,8192")
@@ -115,8 +134,11 @@ def main(argv=None):
   parser.add_argument("--kv_heads", type=int, default=None, help="default: --heads")
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--kinds", default="dense,block_sparse,spectral",
+  parser.add_argument("--kinds", default="dense,block_sparse,spectral,linear",
                       help="comma-separated kinds to run")
+  parser.add_argument("--linear_lengths", default="1024,2048,4096,8192,16384",
+                      help="lengths of the linear-attention table (xla, with the decay "
+                           "gradient; dense xla at 8192 for comparison)")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
 
@@ -124,6 +146,8 @@ def main(argv=None):
   on_accelerator = backend in ACCELERATORS
   kinds = set(args.kinds.split(","))
   cases = [c for c in CASES if c.kind in kinds and (on_accelerator or not c.accelerator_only)]
+  if "linear" in kinds:
+    print_linear_table([int(x) for x in args.linear_lengths.split(",")], args.repeats)
   dtype = jnp.dtype(args.dtype)
   print(f"backend={backend} heads={args.heads} kv_heads={args.kv_heads or args.heads} "
         f"head_dim={args.head_dim} batch={args.batch} dtype={args.dtype} causal "

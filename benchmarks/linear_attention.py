@@ -1,14 +1,11 @@
 """Chunked linear attention (XLA path): forward+backward time and memory versus L.
 
-    python -m benchmarks.linear_attention
-
-Prints one row per length (and XLA dense causal attention at --dense_length for
+Rows for `benchmarks/attention.py` (which prints them: `--kinds=linear`): one row per length (and XLA dense causal attention at --dense_length for
 comparison), the fitted log-log slope of time versus L (linear attention should
 be ~1; dense is ~2) and the speedup over dense. Times are the best of N
 wall-clock runs on the default backend; on a shared machine they still move
 with its load.
 """
-import argparse
 import time
 
 import jax
@@ -75,25 +72,3 @@ def speedup_over_dense(rows, length):
   """Dense time / linear time at one length (both must be in rows)."""
   at = {r["kind"]: r["fwd_bwd_ms"] for r in rows if r["L"] == length}
   return at["dense"] / at["linear"]
-
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
-  parser.add_argument("--dense_length", type=int, default=8192)
-  parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args()
-  rows = linear_rows(tuple(args.lengths), dense_length=args.dense_length, repeats=args.repeats)
-  print(f"backend {jax.default_backend()}, batch 1, 4 heads, head_dim 64, float32, "
-        "forward+backward incl. log_decay gradient")
-  print(f"{'kind':<8}{'impl':<6}{'L':>7}{'fwd+bwd ms':>12}{'temp MiB':>10}")
-  for r in rows:
-    print(f"{r['kind']:<8}{r['impl']:<6}{r['L']:>7}{r['fwd_bwd_ms']:>12.1f}{r['temp_MiB']:>10.1f}")
-  print(f"log-log slope of linear time vs L: {loglog_slope(rows):.3f}")
-  if args.dense_length in args.lengths:
-    print(f"speedup over dense at L={args.dense_length}: "
-          f"{speedup_over_dense(rows, args.dense_length):.2f}x")
-
-
-if __name__ == "__main__":
-  main()
