@@ -1,6 +1,7 @@
 """Chunked linear attention (XLA path): forward+backward time and memory versus L.
 
-Rows for `benchmarks/attention.py` (which prints them: `--kinds=linear`): one row per length (and XLA dense causal attention at --dense_length for
+Rows for `benchmarks/attention.py` (which prints them, `--kinds=linear`): one
+row per length (and XLA dense causal attention at dense_length for
 comparison), the fitted log-log slope of time versus L (linear attention should
 be ~1; dense is ~2) and the speedup over dense. Times are the best of N
 wall-clock runs on the default backend; on a shared machine they still move
