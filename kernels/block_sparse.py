@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from kernels import flash_lists, sparse_flash_gpu, sparse_flash_tpu
-from kernels.block_mask import BlockMask
+from kernels.block_mask_lib import BlockMask
 
 _BACKENDS = {"tpu": sparse_flash_tpu, "cuda": sparse_flash_gpu}
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.block_mask import causal_blocks
+from kernels.block_mask_lib import causal_blocks
 
 _EPS = 1e-6
 

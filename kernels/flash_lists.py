@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.block_mask import BlockMask
+from kernels.block_mask_lib import BlockMask
 
 
 @jax.tree_util.register_dataclass

@@ -26,7 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kernels import block_mask as block_mask_lib
+from kernels import block_mask_lib
 from kernels import dense, estimators
 from kernels.gathered import gathered_attention
 

@@ -12,9 +12,10 @@ from absl import app, flags
 import pandas as pd
 
 from sweeps import fitting, laws, points as points_lib, store as store_lib
+from sweeps import flags as sweep_flags
 from sweeps.jsonio import write_json_atomic
 
-_STORE = flags.DEFINE_string("store", None, "Run store: a directory of run directories.")
+_STORE = sweep_flags.STORE
 _CSV = flags.DEFINE_string("csv", None, "CSV with one row per run (or per step for envelope).")
 _COLUMNS = flags.DEFINE_string(
     "columns", "", "KEY:COLUMN pairs mapping N, D, C, loss, run_id to input columns. Store "

@@ -17,9 +17,10 @@ from absl import app, flags
 from sweeps import plan as plan_lib
 from sweeps import progress as progress_lib
 from sweeps import rundir
+from sweeps import flags as sweep_flags
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Definition file and argument: sweeps/defs/NAME.py[:arg].")
-_STORE = flags.DEFINE_string("store", None, "Run store: one run directory per run id.")
+_STORE = sweep_flags.STORE
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "Where runs execute.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time (local processes, or the Slurm array's limit).")
 _RERUN = flags.DEFINE_string("rerun", ",".join(rundir.DEFAULT_RERUN),

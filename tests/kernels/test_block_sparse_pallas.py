@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import block_mask as bm
+from kernels import block_mask_lib as bm
 from kernels.block_sparse import block_sparse_attention
 from kernels.dense import reference_attention
 from tests.kernels.flash_checks import assert_matches_reference, fresh_seed, random_qkvo

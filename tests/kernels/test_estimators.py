@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kernels import estimators
-from kernels.block_mask import expand_to_tokens
+from kernels.block_mask_lib import expand_to_tokens
 from kernels.dense import reference_attention
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import block_mask as bm
+from kernels import block_mask_lib as bm
 from kernels.block_sparse import block_sparse_attention
 from kernels.flash import flash_attention
 
