@@ -50,7 +50,8 @@ class Attention(nnx.Module):
     q_BLHK = apply_rope(q_BLHK, cos_LF, sin_LF) * jnp.asarray(self.q_scale, dtype)
     k_BLGK = apply_rope(k_BLGK, cos_LF, sin_LF)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
-    o_BLHK = kernels.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind,
-                               impl=self.impl, causal=True, **self.params)
+    # Under a multi-device mesh the kernel runs per device inside shard_map.
+    o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind,
+                                impl=self.impl, causal=True, **self.params)
     o_BLHK = parallel.constrain(o_BLHK, ("batch", "length", "heads", "head_dim"))
     return jnp.einsum("blhk,hkd->bld", o_BLHK, self.wo_HKD[...].astype(dtype))
