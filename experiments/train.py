@@ -203,10 +203,10 @@ def compile_only(cfg):
   params_m = models.count_params(cfg)["total"] / 1e6
   print(f"compile-only: {params_m:,.1f}M params on mesh ({shape}), {mesh.size} "
         f"{jax.default_backend()} devices")
-  print(f"{'':>16} {'total GiB':>10} {'per device GiB':>15}")
+  print(f"{'':>16} {'total MiB':>12} {'per device MiB':>15}")
   for name, (total, per_device) in report.items():
-    total_text = "" if total is None else f"{total / 2**30:.3f}"
-    print(f"{name:>16} {total_text:>10} {per_device / 2**30:>15.3f}")
+    total_text = "" if total is None else f"{total / 2**20:.1f}"
+    print(f"{name:>16} {total_text:>12} {per_device / 2**20:>15.1f}")
   return report
 
 
