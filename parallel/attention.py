@@ -18,8 +18,10 @@ import kernels
 from parallel import rules as rules_lib
 
 
-def _axes(entry):
-  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+def _axes(entry, mesh):
+  """Mesh axes of a spec entry, without size-1 axes (no collectives for those)."""
+  axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  return tuple(a for a in axes if mesh.shape[a] > 1)
 
 
 def _entry(axes):
@@ -71,7 +73,7 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
                              causal=causal, **params)
   spec = rules_lib.spec_for(("batch", "length", "heads"), rules_lib.active_rules(),
                             mesh.axis_names)
-  batch_axes, seq_axes, head_axes = (_axes(e) for e in spec)
+  batch_axes, seq_axes, head_axes = (_axes(e, mesh) for e in spec)
   _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes)
   H, G = q_BLHK.shape[2], k_BLGK.shape[2]
   # kv heads are split over the same axes as the query heads (not the

@@ -1,11 +1,11 @@
 """Multi-process training (gloo on one machine) and compile-only planning, as users run them."""
 import os
 import re
+import socket
 import subprocess
 import sys
 
 import numpy as np
-import portpicker
 import pytest
 
 from experiments import metrics, train
@@ -15,6 +15,12 @@ STEPS = 3
 OVERRIDES = {"steps": STEPS, "log_every": 1, "eval_every": STEPS,
              "checkpoint_every": STEPS, "mesh.fsdp": 2, "mesh.tensor": 2}
 FLAGS = MICRO_FLAGS + tuple(f"{k}={v}" for k, v in OVERRIDES.items())
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def _train_cmd(workdir, *extra):
@@ -31,7 +37,7 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
   workdir = tmp_path / "two_processes"
-  address = f"127.0.0.1:{portpicker.pick_unused_port()}"
+  address = f"127.0.0.1:{_free_port()}"
   procs = [subprocess.Popen(
       _train_cmd(workdir, "--num_fake_devices=4", f"--coordinator_address={address}",
                  "--num_processes=2", f"--process_id={i}"),

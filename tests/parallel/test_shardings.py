@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import kernels
-import models
+from kernels import dense
+from models.attention import kind_params
 import parallel
 from experiments import state as state_lib
 from tests.helpers import micro_config
@@ -136,7 +137,7 @@ def _assert_close(got, want):
 def test_wrapper_matches_the_kernel_on_one_device(kind):
   """Ulysses (sequence=2) with tensor=2 and repeated kv heads, forward and grads."""
   cfg = micro_config(**{"attention.block_q": 16, "attention.block_k": 16})
-  params = models.attention.kind_params(cfg.attention, kind)
+  params = kind_params(cfg.attention, kind)
   takes_decay = "log_decay" in kernels.KIND_PARAMS[kind]
 
   def attend(q, k, v, log_decay):
@@ -150,7 +151,7 @@ def test_per_head_arrays_follow_the_query_layout(monkeypatch):
   """An extra [B, L, H] input (like linear attention's log_decay) is split and
   all-to-all'd exactly like q, whether or not a kind that takes one exists yet."""
   def decayed_dense(q, k, v, *, impl, causal, log_decay):
-    return kernels.dense.xla_attention(q * jnp.exp(log_decay)[..., None], k, v, causal=causal)
+    return dense.xla_attention(q * jnp.exp(log_decay)[..., None], k, v, causal=causal)
   monkeypatch.setitem(attention_lib._DISPATCH, "dense", decayed_dense)
   monkeypatch.setitem(attention_lib.KIND_PARAMS, "dense", ("log_decay",))
 
@@ -158,3 +159,15 @@ def test_per_head_arrays_follow_the_query_layout(monkeypatch):
     return parallel.attention(q, k, v, kind="dense", impl="xla", log_decay=log_decay)
   got, want = _sharded_and_plain(_loss_and_grads(attend), (1, 2, 2, 2), *_random_qkv())
   _assert_close(got, want)
+
+
+def test_distributed_start_is_detected_from_the_environment_or_flags():
+  detect = parallel.distributed.multi_process_environment
+  assert detect({"SLURM_NTASKS": "4", "SLURM_PROCID": "1"})
+  assert not detect({"SLURM_NTASKS": "1"})
+  assert detect({"TPU_WORKER_HOSTNAMES": "host-a,host-b"})
+  assert not detect({"TPU_WORKER_HOSTNAMES": "localhost"})
+  assert not detect({})
+  assert not parallel.initialize(environ={})  # one process: nothing to join
+  with pytest.raises(ValueError, match="go together"):
+    parallel.initialize(coordinator_address="127.0.0.1:1234", environ={})
