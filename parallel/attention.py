@@ -32,12 +32,11 @@ def _size(mesh, axes):
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def _repeat_kv_heads(q_heads, kv_heads, shards):
-  """How often to repeat each kv head so kv heads split into `shards` groups that
-  line up with the query-head groups (1 when they already divide)."""
-  if kv_heads % shards == 0:
-    return 1
-  return math.lcm(kv_heads, shards) // kv_heads  # divides q_heads/kv_heads: both divide q_heads
+def _kv_repeats(kv_heads, shards):
+  """How often to repeat each kv head so the kv heads split evenly into `shards`
+  (1 when they already do). lcm(kv_heads, shards) divides the query heads (both
+  do), so every query head still finds its own kv head on its device."""
+  return math.lcm(kv_heads, shards) // kv_heads
 
 
 def _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes):
@@ -75,10 +74,9 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
                             mesh.axis_names)
   batch_axes, seq_axes, head_axes = (_axes(e, mesh) for e in spec)
   _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes)
-  H, G = q_BLHK.shape[2], k_BLGK.shape[2]
   # kv heads are split over the same axes as the query heads (not the
   # `kv_heads` rule), so each device holds the kv heads its query heads use.
-  repeats = _repeat_kv_heads(H, G, _size(mesh, head_axes) * _size(mesh, seq_axes))
+  repeats = _kv_repeats(k_BLGK.shape[2], _size(mesh, head_axes) * _size(mesh, seq_axes))
   if repeats > 1:
     k_BLGK = jnp.repeat(k_BLGK, repeats, axis=2)
     v_BLGK = jnp.repeat(v_BLGK, repeats, axis=2)
