@@ -13,7 +13,7 @@ from tests.helpers import LM_CONFIG, MICRO_FLAGS, REPO, micro_config
 
 STEPS = 3
 OVERRIDES = {"steps": STEPS, "log_every": 1, "eval_every": STEPS,
-             "checkpoint_every": STEPS, "mesh.fsdp": 2, "mesh.tensor": 2}
+             "checkpoint_every": STEPS, "model.depth": 1, "mesh.fsdp": 2, "mesh.tensor": 2}
 FLAGS = MICRO_FLAGS + tuple(f"{k}={v}" for k, v in OVERRIDES.items())
 
 
@@ -66,12 +66,12 @@ def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
 
 
 def test_compile_only_plans_an_fsdp_mesh_without_writing(tmp_path):
-  """The 1b config cut to 2 layers and short rows (compile time), fsdp over 8 fake devices."""
+  """The 1b config cut to 1 layer and short rows (compile time), fsdp over 8 fake devices."""
   workdir = tmp_path / "never_written"
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.train", f"--config={LM_CONFIG}:1b",
        f"--workdir={workdir}", "--compile_only", "--num_fake_devices=8",
-       "--config.mesh.fsdp=8", "--config.mesh.data=1", "--config.model.depth=2",
+       "--config.mesh.fsdp=8", "--config.mesh.data=1", "--config.model.depth=1",
        "--config.seq_len=128", "--config.batch_size=8"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
