@@ -29,11 +29,13 @@ def decay_mask(params):
 
 
 def lr_multipliers(params, model_cfg, width_mult):
-  """muP (MuAdam): hidden and readout matrices learn at lr / width_mult; the
-  embedding and vectors at lr. SP: 1 everywhere."""
+  """muP (MuAdam): hidden matrices (both dims grow with width) learn at
+  lr / width_mult; the embedding, the readout (whose logits the model divides by
+  width_mult instead) and vectors learn at lr. SP: 1 everywhere."""
   def mult(path, p):
     name = jax.tree_util.keystr(path)
-    if model_cfg.parametrization != "mup" or p.ndim < 2 or "embed_VD" in name:
+    vector_like = p.ndim < 2 or "embed_VD" in name or "unembed_DV" in name
+    if model_cfg.parametrization != "mup" or vector_like:
       return 1.0
     return 1.0 / width_mult
   return jax.tree_util.tree_map_with_path(mult, params)

@@ -90,21 +90,26 @@ def build(cfg, mesh):
   batch_sharding = NamedSharding(mesh, batch_spec)
 
   def loss_fn(params, batch_BL):
+    """(loss, aux): aux holds the mean attention density of the sparse layers."""
     model = nnx.merge(graphdef, nnx.State(params))
     logits_BLV = model(batch_BL[:, :-1])
-    return cross_entropy(logits_BLV, batch_BL[:, 1:])
+    densities = jax.tree.leaves(nnx.pop(model, nnx.Intermediate))
+    aux = {"attn_density": jnp.mean(jnp.stack(densities))} if densities else {}
+    return cross_entropy(logits_BLV, batch_BL[:, 1:]), aux
 
   def train_step(state, batch_BL):
     with parallel.activate(mesh, rules):
-      loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch_BL)
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state["params"], batch_BL)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr(state["step"])}
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "lr": lr(state["step"]), **aux}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   def eval_step(params, batch_BL):
     with parallel.activate(mesh, rules):
-      return loss_fn(params, batch_BL)
+      return loss_fn(params, batch_BL)[0]
 
   return Program(
       graphdef=graphdef, tx=tx, lr=lr, mesh=mesh, rules=rules,

@@ -99,21 +99,26 @@ def run(cfg, workdir):
     print(f"{workdir}: already done ({start} steps).", file=sys.stderr)
     return previous
 
+  tokens_per_step = cfg.batch_size * cfg.seq_len
   train_iter = data.train_iterator()
   if start:
     state, data_state = ckpt.restore(start, program.abstract_state)
     train_iter.set_state(data_state)
   else:
     state = program.init()
+  flops_so_far = start * tokens_per_step * flops_per_token
   if is_writer:
-    metrics.truncate_metrics(os.path.join(workdir, metrics.METRICS), start)
+    metrics_path = os.path.join(workdir, metrics.METRICS)
+    metrics.truncate_metrics(metrics_path, start)
+    kept, _ = metrics.read_metrics(metrics_path)
+    if start and kept:  # the measured count up to the checkpoint (sparse densities)
+      flops_so_far = kept[-1]["flops"]
   eval_batches = [state_lib.global_batch(program, b) for b in data.eval_iterable()]
-  tokens_per_step = cfg.batch_size * cfg.seq_len
   summary = {
       "status": "running", "step": start, "steps": cfg.steps,
       "params": counts["total"], "params_non_embedding": counts["non_embedding"],
       "flops_per_token": flops_per_token, "tokens": start * tokens_per_step,
-      "flops": start * tokens_per_step * flops_per_token,
+      "flops": flops_so_far,
       "final_loss": previous.get("final_loss"), "eval_loss": previous.get("eval_loss"),
       "wall_seconds": previous.get("wall_seconds", 0.0), "versions": versions(),
       "attention_kinds": models.layer_kinds(cfg), **data.summary,
@@ -128,6 +133,7 @@ def run(cfg, workdir):
   save_summary()
   preemption = _Preemption()
   wall0, last_time, last_step = time.time(), time.time(), start
+  flops_total = flops_so_far
   base_wall = summary["wall_seconds"]
   try:
     for step in range(start + 1, cfg.steps + 1):
@@ -140,10 +146,15 @@ def run(cfg, workdir):
       m = jax.device_get(step_metrics)
       now = time.time()
       tokens_per_sec = (step - last_step) * tokens_per_step / max(now - last_time, 1e-9)
-      record = {"step": step, "tokens": step * tokens_per_step,
-                "flops": step * tokens_per_step * flops_per_token,
+      density = float(m["attn_density"]) if "attn_density" in m else None
+      # Sparse kinds: the interval since the last record is charged at the density
+      # measured now (the count for the kind actually used, not the dense bound).
+      flops_total += (step - last_step) * tokens_per_step * models.flops_per_token(cfg, density)
+      record = {"step": step, "tokens": step * tokens_per_step, "flops": flops_total,
                 "loss": float(m["loss"]), "lr": float(m["lr"]),
                 "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tokens_per_sec}
+      if density is not None:
+        record["attn_density"] = density
       if not np.isfinite(record["loss"]):
         writer.write(record)
         save_summary(status="diverged", step=step, final_loss=record["loss"],
@@ -160,6 +171,7 @@ def run(cfg, workdir):
       if is_ckpt:
         ckpt.save(step, state, train_iter.get_state(), force=True)
       save_summary(step=step, tokens=record["tokens"], flops=record["flops"],
+                   attn_density=record.get("attn_density"),
                    final_loss=record["loss"],
                    eval_loss=record.get("eval_loss", summary["eval_loss"]),
                    wall_seconds=base_wall + time.time() - wall0)

@@ -6,7 +6,8 @@ choices.
 """
 import jax
 
-from kernels import dense
+from kernels import dense, sparse
+from kernels.flash import flash_attention
 
 KINDS = ("dense", "block_sparse", "spectral", "linear")
 IMPLS = ("auto", "pallas", "xla", "reference")
@@ -16,8 +17,8 @@ IMPLS = ("auto", "pallas", "xla", "reference")
 KIND_PARAMS = {
     "dense": (),
     "block_sparse": ("estimator", "block_q", "block_k", "window_blocks",
-                     "sink_blocks", "topk", "topp", "sim_threshold"),
-    "spectral": ("block_q", "block_k", "topp", "high_freq_dims"),
+                     "sink_blocks", "topk", "topp", "sim_threshold", "max_blocks"),
+    "spectral": ("block_q", "block_k", "topp", "high_freq_dims", "max_blocks"),
     "linear": ("log_decay", "feature_map", "normalize", "chunk_size"),
 }
 
@@ -27,12 +28,15 @@ def _dense(q, k, v, *, impl, causal):
     return dense.reference_attention(q, k, v, causal=causal)
   if impl == "xla":
     return dense.xla_attention(q, k, v, causal=causal)
+  if impl == "pallas":
+    return flash_attention(q, k, v, causal=causal)
   raise ValueError(
-      f"attention kind 'dense' has no impl {impl!r} yet; use 'xla' or 'reference'.")
+      f"attention kind 'dense' has no impl {impl!r}; use 'pallas', 'xla' or 'reference'.")
 
 
 # kind -> callable(q, k, v, *, impl, causal, **params). Kernel modules add theirs.
-_DISPATCH = {"dense": _dense}
+_DISPATCH = {"dense": _dense, "block_sparse": sparse.block_sparse,
+             "spectral": sparse.spectral}
 
 
 def resolve_impl(impl, kind):
@@ -47,7 +51,7 @@ def resolve_impl(impl, kind):
   return "xla"
 
 
-_PALLAS_KINDS = set()
+_PALLAS_KINDS = {"dense", "block_sparse", "spectral"}
 
 
 def _check_shapes(q, k, v):

@@ -11,6 +11,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.tree_util.register_dataclass
@@ -27,9 +28,12 @@ class BlockMask:
 
 
 def causal_blocks(num_q_blocks, num_k_blocks, block_q, block_k):
-  """bool [nQ, nK]: key block j holds a key visible to some query of block i."""
-  first_key_K = jnp.arange(num_k_blocks) * block_k
-  last_query_Q = (jnp.arange(num_q_blocks) + 1) * block_q - 1
+  """bool [nQ, nK]: key block j holds a key visible to some query of block i.
+
+  numpy, so masks built from it stay trace-time constants under jit.
+  """
+  first_key_K = np.arange(num_k_blocks) * block_k
+  last_query_Q = (np.arange(num_q_blocks) + 1) * block_q - 1
   return first_key_K[None, :] <= last_query_Q[:, None]
 
 

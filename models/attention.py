@@ -3,8 +3,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 import kernels
+from kernels.sparse import ESTIMATOR_PARAMS
 import parallel
 from models.layers import apply_rope, param
+from models.layout import head_dim, pattern_kinds
+
+
+SPARSE_KINDS = ("block_sparse", "spectral")
 
 
 def layer_kinds(cfg):
@@ -14,17 +19,22 @@ def layer_kinds(cfg):
     if kind not in kernels.KINDS:
       raise ValueError(
           f"attention.pattern entry {kind!r} is not a kind; choose from {kernels.KINDS}.")
-  return [pattern[i % len(pattern)] for i in range(cfg.model.depth)]
+  return pattern_kinds(cfg)
 
 
 def kind_params(attn_cfg, kind):
-  """The config's parameters that this kind takes (None means the kind's default)."""
-  return {key: attn_cfg[key] for key in kernels.KIND_PARAMS[kind]
-          if key in attn_cfg and attn_cfg[key] is not None}
-
-
-def head_dim(model_cfg):
-  return model_cfg.head_dim or model_cfg.width // model_cfg.heads
+  """The config's parameters that this layer's kind (and block-mask estimator)
+  takes; None means the default. One config serves layers of several kinds, so
+  e.g. `topp` reaches a spectral layer but not a static block-sparse one."""
+  keys = kernels.KIND_PARAMS[kind]
+  if kind in SPARSE_KINDS:
+    estimator = attn_cfg.estimator if kind == "block_sparse" else "prism"
+    own = ("estimator", "block_q", "block_k", *ESTIMATOR_PARAMS[estimator])
+    keys = [k for k in keys if k in own]
+  params = {key: attn_cfg[key] for key in keys if key in attn_cfg and attn_cfg[key] is not None}
+  if kind == "spectral":
+    params.pop("estimator", None)
+  return params
 
 
 class Attention(nnx.Module):
@@ -50,6 +60,11 @@ class Attention(nnx.Module):
     q_BLHK = apply_rope(q_BLHK, cos_LF, sin_LF) * jnp.asarray(self.q_scale, dtype)
     k_BLGK = apply_rope(k_BLGK, cos_LF, sin_LF)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
+    if self.kind in SPARSE_KINDS:
+      # Kept fraction of causal blocks, for metrics and the FLOP count (cheap: the
+      # estimator works on pooled blocks).
+      self.sow(nnx.Intermediate, "attn_density", kernels.attention_density(
+          q_BLHK, k_BLGK, kind=self.kind, causal=True, **self.params))
     # Under a multi-device mesh the kernel runs per device inside shard_map.
     o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind,
                                 impl=self.impl, causal=True, **self.params)

@@ -8,10 +8,12 @@ Attention is counted for the kind actually used: causal dense attention scores
 blocks, so a kept density rho costs rho * (causal blocks * block_q * block_k) / L
 scores per query; chunked linear attention costs a full C x C chunk product plus
 the state read and update per token.
+
+Imports no JAX, so sweep plans (`sweeps.launch --dry_run`) count without starting it.
 """
 import math
 
-from models.attention import head_dim, layer_kinds
+from models.layout import head_dim, pattern_kinds
 
 FEATURE_DIM = {"identity": 1, "elu1": 1, "relu": 1}  # x K; "squared" is K^2
 
@@ -64,7 +66,7 @@ def flops_breakdown(cfg, density=None):
   """Forward FLOPs per token by part, summed over layers."""
   m = cfg.model
   D, H, G, K, F, V = m.width, m.heads, m.kv_heads, head_dim(m), m.mlp_width, m.vocab_size
-  kinds = layer_kinds(cfg)
+  kinds = pattern_kinds(cfg)
   return {
       "embed": 2 * V * D,
       "attn_proj": len(kinds) * 2 * D * (2 * H * K + 2 * G * K),

@@ -1,11 +1,22 @@
-"""Meshes, logical-axis rules, shardings and sharded kernels (imports jax and kernels)."""
-from parallel.mesh import make_mesh, axis_sizes, AXES
-from parallel.rules import (DEFAULT_RULES, spec_for, fit_spec, logical_sharding, activate,
-                            constrain)
-from parallel.attention import attention
-from parallel.distributed import initialize
-from parallel.memory import per_device_bytes, total_bytes
+"""Meshes, logical-axis rules, shardings, sharded kernels and multi-process start-up
+(imports jax and kernels; never models or experiments).
 
-__all__ = ["make_mesh", "axis_sizes", "AXES", "DEFAULT_RULES", "spec_for", "fit_spec",
-           "logical_sharding", "activate", "constrain", "attention", "initialize",
-           "per_device_bytes", "total_bytes"]
+Names load on first use (PEP 562): a config that reads `parallel.DEFAULT_RULES`
+does not start JAX, so sweep dry runs stay instant.
+"""
+import importlib
+
+_EXPORTS = {"make_mesh": "parallel.mesh", "axis_sizes": "parallel.mesh", "AXES": "parallel.mesh",
+            "DEFAULT_RULES": "parallel.default_rules", "spec_for": "parallel.rules",
+            "fit_spec": "parallel.rules", "logical_sharding": "parallel.rules",
+            "activate": "parallel.rules", "constrain": "parallel.rules",
+            "attention": "parallel.shard_kernels", "initialize": "parallel.distributed",
+            "per_device_bytes": "parallel.memory", "total_bytes": "parallel.memory"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'parallel' has no attribute {name!r}")
+  return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -13,17 +13,7 @@ import math
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", "sequence"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("vocab", "tensor"),
-    ("head_dim", None),
-    ("norm", None),
-)
+from parallel.default_rules import DEFAULT_RULES  # noqa: F401 (re-exported)
 
 
 def spec_for(names, rules, mesh_axes=None):

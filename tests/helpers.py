@@ -35,3 +35,20 @@ MICRO_FLAGS = ("batch_size=8", "seq_len=32", "model.width=32", "model.depth=2",
                "model.heads=2", "model.kv_heads=1", "model.mlp_width=64",
                "optimizer.warmup_steps=5", "data.synthetic_windows=512",
                "eval_batches=2", "wandb.mode=disabled")
+
+
+def train_losses(cfg, steps=3):
+  """Losses (and metrics) of `steps` train steps on a 1-device mesh, in-process."""
+  import jax
+  import parallel
+  from experiments import data as data_lib, state as state_lib
+  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1},
+                            jax.devices()[:1])
+  program = state_lib.build(cfg, mesh)
+  state = program.init()
+  it = data_lib.build(cfg).train_iterator()
+  out = []
+  for _ in range(steps):
+    state, m = program.train_step(state, state_lib.global_batch(program, next(it)))
+    out.append(jax.device_get(m))
+  return out

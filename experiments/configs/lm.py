@@ -63,6 +63,7 @@ def base():
   c.attention.topp = placeholder(float)
   c.attention.sim_threshold = placeholder(float)
   c.attention.high_freq_dims = placeholder(int)
+  c.attention.max_blocks = placeholder(int)  # xla sparse path: static bound on kept blocks per row
   c.attention.feature_map = "identity"
   c.attention.normalize = False
   c.attention.chunk_size = 64

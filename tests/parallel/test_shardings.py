@@ -11,6 +11,7 @@ import kernels
 from kernels import dense
 from models.attention import kind_params
 import parallel
+from parallel import distributed
 from experiments import state as state_lib
 from tests.helpers import micro_config
 
@@ -162,7 +163,7 @@ def test_per_head_arrays_follow_the_query_layout(monkeypatch):
 
 
 def test_distributed_start_is_detected_from_the_environment_or_flags():
-  detect = parallel.distributed.multi_process_environment
+  detect = distributed.multi_process_environment
   assert detect({"SLURM_NTASKS": "4", "SLURM_PROCID": "1"})
   assert not detect({"SLURM_NTASKS": "1"})
   assert detect({"TPU_WORKER_HOSTNAMES": "host-a,host-b"})

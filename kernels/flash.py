@@ -1,0 +1,26 @@
+"""Dense flash attention (Pallas), forward and backward kernels.
+
+Dense attention is the block-sparse kernel over every causally reachable tile
+(all tiles when non-causal): the tile lists are numpy constants built at trace
+time, tiles inside the causal region skip the elementwise mask, and GQA reads
+kv head h // (H // G) through the index maps. See kernels.block_sparse.
+"""
+from kernels import block_sparse, flash_lists
+
+
+def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, block_q=128, block_k=128,
+                    interpret=None, platform=None):
+  """Softmax attention via Pallas flash kernels; q [B, L, H, K], k/v [B, L, G, K].
+
+  Blocks larger than the sequence shrink to it; otherwise seq_len must be a
+  multiple of both block sizes. interpret=None interprets on a CPU backend;
+  platform ("tpu" | "cuda" | None = from the backend) picks the kernel variant.
+  """
+  platform, interpret = block_sparse.resolve_platform(platform, interpret)
+  seq_len = q_BLHK.shape[1] if q_BLHK.ndim == 4 else 0
+  block_q, block_k = min(block_q, seq_len), min(block_k, seq_len)
+  block_sparse.check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform,
+                            interpret)
+  lists = flash_lists.dense_lists(seq_len, block_q, block_k, causal)
+  return block_sparse.run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
+                                interpret=interpret)

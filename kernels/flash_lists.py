@@ -1,0 +1,106 @@
+"""The integer lists that drive the block-sparse flash kernels.
+
+A `SparseLists` is a BlockMask flattened for kernels: 1-D int32 arrays (scalar
+memory on TPU prefers flat arrays) plus the counts that split each list into
+tiles that need the elementwise causal mask and tiles that do not. Rows are
+indexed by (mask batch, mask head, block); a mask batch or head dimension of 1
+broadcasts over the data's batch or query heads.
+
+Dense flash attention is the same kernel over the full (causal) block pattern,
+built here with numpy at trace time so it costs nothing at run time.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels.block_mask import BlockMask
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SparseLists:
+  kv_index: jax.Array   # [Bm*Hm*nQ*nK] active key blocks per query block, ascending
+  kv_count: jax.Array   # [Bm*Hm*nQ]
+  kv_full: jax.Array    # [Bm*Hm*nQ] leading entries that need no causal mask
+  q_index: jax.Array    # [Bm*Hm*nK*nQ] active query blocks per key block, ascending
+  q_count: jax.Array    # [Bm*Hm*nK]
+  q_partial: jax.Array  # [Bm*Hm*nK] leading entries that need the causal mask
+  mask_batch: int = dataclasses.field(metadata=dict(static=True))
+  mask_heads: int = dataclasses.field(metadata=dict(static=True))
+  num_q_blocks: int = dataclasses.field(metadata=dict(static=True))
+  num_k_blocks: int = dataclasses.field(metadata=dict(static=True))
+  block_q: int = dataclasses.field(metadata=dict(static=True))
+  block_k: int = dataclasses.field(metadata=dict(static=True))
+  causal: bool = dataclasses.field(metadata=dict(static=True))
+
+  def _mask_bh(self, b, h):
+    return (b if self.mask_batch > 1 else 0), (h if self.mask_heads > 1 else 0)
+
+  def kv_row(self, b, h, i):
+    """Flat row of query block i of (batch b, query head h) in kv_count / kv_full."""
+    mb, mh = self._mask_bh(b, h)
+    return (mb * self.mask_heads + mh) * self.num_q_blocks + i
+
+  def q_row(self, b, h, j):
+    """Flat row of key block j of (batch b, query head h) in q_count / q_partial."""
+    mb, mh = self._mask_bh(b, h)
+    return (mb * self.mask_heads + mh) * self.num_k_blocks + j
+
+
+def full_tiles(num_q_blocks, num_k_blocks, block_q, block_k, causal, xp=jnp):
+  """bool [nQ, nK]: tiles whose every (query, key) pair is visible."""
+  if not causal:
+    return xp.ones((num_q_blocks, num_k_blocks), bool)
+  last_key_K = (xp.arange(num_k_blocks) + 1) * block_k - 1
+  first_query_Q = xp.arange(num_q_blocks) * block_q
+  return last_key_K[None, :] <= first_query_Q[:, None]
+
+
+def from_block_mask(block_mask: BlockMask, *, causal):
+  """Kernel lists for a BlockMask (lists from it, split counts derived here)."""
+  mask_BHQK = block_mask.mask_BHQK
+  mask_batch, mask_heads, num_q, num_k = mask_BHQK.shape
+  full_QK = full_tiles(num_q, num_k, block_mask.block_q, block_mask.block_k, causal)
+  kv_full = jnp.sum(mask_BHQK & full_QK, axis=-1, dtype=jnp.int32)
+  q_partial = jnp.sum(mask_BHQK & ~full_QK, axis=-2, dtype=jnp.int32)
+  as_flat = lambda x: jax.lax.stop_gradient(x).astype(jnp.int32).reshape(-1)
+  return SparseLists(
+      as_flat(block_mask.kv_index_BHQN), as_flat(block_mask.kv_count_BHQ),
+      as_flat(kv_full), as_flat(block_mask.q_index_BHKN),
+      as_flat(block_mask.q_count_BHK), as_flat(q_partial),
+      mask_batch, mask_heads, num_q, num_k, block_mask.block_q,
+      block_mask.block_k, causal)
+
+
+def _ascending_lists(mask_RC):
+  """numpy: per row the active columns ascending, padded with the last one."""
+  rows, cols = mask_RC.shape
+  index_RC = np.zeros((rows, cols), np.int32)
+  count_R = mask_RC.sum(axis=-1).astype(np.int32)
+  for r in range(rows):
+    active = np.flatnonzero(mask_RC[r])
+    if active.size:
+      index_RC[r, :active.size] = active
+      index_RC[r, active.size:] = active[-1]
+  return index_RC.reshape(-1), count_R
+
+
+def dense_lists(seq_len, block_q, block_k, causal):
+  """Lists for full attention (every causally reachable tile), as constants."""
+  num_q, num_k = seq_len // block_q, seq_len // block_k
+  full_QK = full_tiles(num_q, num_k, block_q, block_k, causal, xp=np)
+  if causal:
+    first_key_K = np.arange(num_k) * block_k
+    last_query_Q = (np.arange(num_q) + 1) * block_q - 1
+    active_QK = first_key_K[None, :] <= last_query_Q[:, None]
+  else:
+    active_QK = np.ones((num_q, num_k), bool)
+  kv_index, kv_count = _ascending_lists(active_QK)
+  q_index, q_count = _ascending_lists(active_QK.T)
+  kv_full = (active_QK & full_QK).sum(axis=-1).astype(np.int32)
+  q_partial = (active_QK & ~full_QK).sum(axis=0).astype(np.int32)
+  arrays = [jnp.asarray(x) for x in (kv_index, kv_count, kv_full, q_index,
+                                     q_count, q_partial)]
+  return SparseLists(*arrays, 1, 1, num_q, num_k, block_q, block_k, causal)

@@ -1,0 +1,227 @@
+"""Block-sparse and spectral attention: block masks, their density, the dispatch.
+
+Kinds (see kernels.attention):
+  block_sparse: estimator "static" (causal + sliding window + sink blocks) or
+                "sparge" (pooled block scores, top-k and/or top-p, self-similarity guard)
+  spectral:     the "prism" estimator (per-frequency-band pooled scores)
+Implementations:
+  reference  dense reference attention with the block mask expanded to tokens.
+  xla        gathers each query block's kept key blocks (kernels.gathered), so the
+             work is proportional to a STATIC bound N on kept blocks per row:
+               static masks: N is exact (the mask is known at trace time);
+               sparge with topk only and no sim_threshold: N = floor(topk nK) + sink + diagonal;
+               otherwise: N = max_blocks when given (the estimator then keeps at most
+               max_blocks per row: diagonal, sink, guards, then the best scored).
+             Without a bound (N = nK) nothing can be skipped and it runs the masked
+             dense computation instead.
+  pallas     kernels.block_sparse.block_sparse_attention (the block-sparse flash kernel).
+
+Density for logging: `attention_density(q, k, kind=..., **params)` returns the
+kept fraction of causally reachable blocks (the same mask the attention uses;
+under jit XLA shares the duplicated estimator work).
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from kernels import block_mask as block_mask_lib
+from kernels import dense, estimators
+from kernels.gathered import gathered_attention
+
+ESTIMATORS = ("static", "sparge", "prism")
+# Parameters each estimator takes, with their defaults (None / 0 mean "off").
+ESTIMATOR_PARAMS = {
+    "static": {"window_blocks": None, "sink_blocks": 0},
+    "sparge": {"topk": None, "topp": None, "sim_threshold": None, "max_blocks": None},
+    "prism": {"topp": 0.95, "high_freq_dims": None, "max_blocks": None},
+}
+
+
+def _is_int(value):
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fraction(name, value):
+  if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+    raise ValueError(f"{name} must be a fraction in (0, 1] or None; got {value!r}.")
+
+
+def _check_geometry(q, k, block_q, block_k):
+  for name, block in (("block_q", block_q), ("block_k", block_k)):
+    if not _is_int(block) or block <= 0:
+      raise ValueError(f"{name} must be a positive int; got {block!r}.")
+  if q.shape[1] != k.shape[1]:
+    raise ValueError(
+        f"block-sparse attention needs equal query and key lengths; got {q.shape[1]} "
+        f"and {k.shape[1]}.")
+  length = q.shape[1]
+  for name, block in (("block_q", block_q), ("block_k", block_k)):
+    if length % block:
+      fits = [b for b in (512, 256, 128, 64, 32, 16, 8) if length % b == 0]
+      hint = f"e.g. {name}={fits[0]}" if fits else "pad the sequence"
+      raise ValueError(
+          f"sequence length {length} is not a multiple of {name}={block}; pad the "
+          f"sequence to a multiple of {block} or choose a {name} that divides it ({hint}).")
+
+
+def _diagonal_width(num_q, block_q, block_k):
+  """Most key blocks overlapping one query block (each row keeps them all)."""
+  return max(((i + 1) * block_q - 1) // block_k - (i * block_q) // block_k + 1
+             for i in range(num_q))
+
+
+def _check_params(estimator, head_dim, num_q, num_k, block_q, block_k, params):
+  """Validates estimator parameters; returns them with defaults filled in."""
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"unknown block-mask estimator {estimator!r}; choose one of {ESTIMATORS}.")
+  own = ESTIMATOR_PARAMS[estimator]
+  # A parameter of another estimator is tolerated at its "off" values (None or
+  # a default), so one attention config can hold every key.
+  neutral = {}
+  for table in ESTIMATOR_PARAMS.values():
+    for name, value in table.items():
+      neutral.setdefault(name, {None}).add(value)
+  for name, value in params.items():
+    if name not in neutral:
+      raise ValueError(f"unknown block-mask parameter {name!r}; known: {sorted(neutral)}.")
+    if name not in own and value not in neutral[name]:
+      raise ValueError(
+          f"estimator {estimator!r} does not use {name}={value!r}; it takes {sorted(own)}.")
+  p = {**own, **{name: value for name, value in params.items() if name in own}}
+  if estimator == "static":
+    w, s = p["window_blocks"], p["sink_blocks"]
+    if w is not None and (not _is_int(w) or w < 1):
+      raise ValueError(f"window_blocks must be an int >= 1 or None; got {w!r}.")
+    if not _is_int(s) or s < 0:
+      raise ValueError(f"sink_blocks must be an int >= 0; got {s!r}.")
+    return p
+  _check_fraction("topp", p["topp"])
+  if estimator == "sparge":
+    _check_fraction("topk", p["topk"])
+    if p["topk"] is None and p["topp"] is None:
+      raise ValueError("estimator 'sparge' needs topk (e.g. 0.35) and/or topp (e.g. 0.98).")
+    t = p["sim_threshold"]
+    if t is not None and not (isinstance(t, (int, float)) and -1 <= t <= 1):
+      raise ValueError(f"sim_threshold must be a cosine similarity in [-1, 1] or None; got {t!r}.")
+  if estimator == "prism":
+    if p["topp"] is None:
+      raise ValueError("estimator 'prism' needs topp (default 0.95).")
+    hf = head_dim // 2 if p["high_freq_dims"] is None else p["high_freq_dims"]
+    if head_dim % 2 or not _is_int(hf) or hf % 2 or not 0 < hf < head_dim:
+      raise ValueError(
+          f"high_freq_dims must be even and in (0, head_dim={head_dim}) with an even "
+          f"head_dim (two rotate-half bands); got {p['high_freq_dims']!r}.")
+  m = p["max_blocks"]
+  if m is not None:
+    diagonal_width = _diagonal_width(num_q, block_q, block_k)
+    if not _is_int(m) or m < diagonal_width:
+      raise ValueError(
+          f"max_blocks must be an int >= {diagonal_width} (the diagonal key blocks of a "
+          f"query block) or None; got {m!r}.")
+  return p
+
+
+def _estimate(q, k, estimator, block_q, block_k, causal, params):
+  """(mask_BHQK, is_static); a static mask is [1, 1, nQ, nK] and concrete."""
+  head_dim = q.shape[3]
+  num_q, num_k = q.shape[1] // block_q, k.shape[1] // block_k
+  p = _check_params(estimator, head_dim, num_q, num_k, block_q, block_k, params)
+  if estimator == "static":
+    mask_QK = estimators.static_mask(num_q, num_k, block_q, block_k, causal=causal, **p)
+    return mask_QK[None, None], True
+  if estimator == "sparge":
+    mask = estimators.sparge_mask(q, k, block_q=block_q, block_k=block_k, causal=causal, **p)
+  else:
+    mask = estimators.prism_mask(q, k, block_q=block_q, block_k=block_k, causal=causal, **p)
+  return mask, False
+
+
+def block_mask(q_BLHK, k_BLGK, *, estimator, block_q=128, block_k=128, causal=True,
+               **params):
+  """The BlockMask an estimator picks for these q, k (mask heads = query heads).
+
+  `.density` is the kept fraction of causally reachable blocks. Jitted, so
+  eager calls compile once per shape and parameter set.
+  """
+  _check_geometry(q_BLHK, k_BLGK, block_q, block_k)
+  return _block_mask(q_BLHK, k_BLGK, estimator=estimator, block_q=block_q,
+                     block_k=block_k, causal=causal, params=tuple(sorted(params.items())))
+
+
+@functools.partial(jax.jit, static_argnames=("estimator", "block_q", "block_k", "causal",
+                                             "params"))
+def _block_mask(q_BLHK, k_BLGK, *, estimator, block_q, block_k, causal, params):
+  mask, _ = _estimate(q_BLHK, k_BLGK, estimator, block_q, block_k, causal, dict(params))
+  batch, num_heads = q_BLHK.shape[0], q_BLHK.shape[2]
+  mask_BHQK = jnp.broadcast_to(mask, (batch, num_heads) + mask.shape[2:])
+  return block_mask_lib.from_mask(mask_BHQK, block_q=block_q, block_k=block_k, causal=causal)
+
+
+def _static_bound(estimator, num_q, num_k, block_q, block_k, params):
+  """Static upper bound on kept key blocks per query block (nK when unknown)."""
+  if params.get("max_blocks") is not None:
+    return min(params["max_blocks"], num_k)
+  if estimator == "sparge" and params.get("topp") is None and params.get("sim_threshold") is None:
+    diagonal_width = _diagonal_width(num_q, block_q, block_k)
+    return min(num_k, max(1, math.floor(params["topk"] * num_k + 1e-6)) + 1 + diagonal_width)
+  return num_k
+
+
+def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, **params):
+  _check_geometry(q, k, block_q, block_k)
+  if impl not in ("pallas", "xla", "reference"):
+    raise ValueError(f"block-sparse attention has impls 'pallas', 'xla', 'reference'; got {impl!r}.")
+  # A static mask is [1, 1, nQ, nK]: one list shared by every batch row and head.
+  mask, is_static = _estimate(q, k, estimator, block_q, block_k, causal, params)
+  if impl == "pallas":
+    # Imported here so the XLA/reference paths work without the kernel module.
+    from kernels.block_sparse import block_sparse_attention
+    lists = block_mask_lib.from_mask(mask, block_q=block_q, block_k=block_k, causal=causal)
+    return block_sparse_attention(q, k, v, lists, causal=causal)
+  num_q, num_k = mask.shape[-2:]
+  if is_static:
+    with jax.ensure_compile_time_eval():
+      index_XYQN, count_XYQ = block_mask_lib.active_lists(mask)
+      bound = int(jnp.max(count_XYQ))
+  else:
+    bound = _static_bound(estimator, num_q, num_k, block_q, block_k, params)
+  if impl == "reference" or bound >= num_k:
+    mask_BHQK = block_mask_lib.expand_to_tokens(mask, block_q, block_k)
+    return dense.reference_attention(q, k, v, causal=causal, mask_BHQK=mask_BHQK)
+  if not is_static:
+    index_XYQN, count_XYQ = block_mask_lib.active_lists(mask)
+  return gathered_attention(q, k, v, index_XYQN[..., :bound], count_XYQ,
+                            block_q=block_q, block_k=block_k, causal=causal)
+
+
+def block_sparse(q, k, v, *, impl, causal, estimator="static", block_q=128, block_k=128,
+                 **params):
+  """Dispatch for attention kind 'block_sparse' (estimator 'static' or 'sparge')."""
+  if estimator not in ("static", "sparge"):
+    raise ValueError(
+        f"attention kind 'block_sparse' takes estimator 'static' or 'sparge'; got "
+        f"{estimator!r} (the prism estimator is attention kind 'spectral').")
+  return _sparse_attention(q, k, v, impl=impl, causal=causal, estimator=estimator,
+                           block_q=block_q, block_k=block_k, **params)
+
+
+def spectral(q, k, v, *, impl, causal, block_q=128, block_k=128, **params):
+  """Dispatch for attention kind 'spectral' (the prism estimator)."""
+  return _sparse_attention(q, k, v, impl=impl, causal=causal, estimator="prism",
+                           block_q=block_q, block_k=block_k, **params)
+
+
+def attention_density(q_BLHK, k_BLGK, *, kind, causal=True, **params):
+  """float32 []: kept fraction of reachable blocks for `kind` (1.0 for dense)."""
+  if kind == "dense":
+    return jnp.float32(1.0)
+  if kind == "block_sparse":
+    params = {"estimator": "static", **params}
+  elif kind == "spectral":
+    params = {**params, "estimator": "prism"}
+  else:
+    raise ValueError(
+        f"attention_density is defined for kinds dense, block_sparse, spectral; got {kind!r}.")
+  return block_mask(q_BLHK, k_BLGK, causal=causal, **params).density

@@ -1,0 +1,1 @@
+"""Sweep definitions: each NAME.py exposes get_sweep(arg=None) -> sweeps.define.Sweep."""

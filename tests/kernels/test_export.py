@@ -1,0 +1,61 @@
+"""The Pallas flash kernels lower for TPU (Mosaic) and GPU (Triton) at
+realistic shapes: jax.export of forward and gradient from a CPU host."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import block_mask as bm
+from kernels.block_sparse import block_sparse_attention
+from kernels.flash import flash_attention
+
+BATCH, SEQ_LEN, HEADS, KV_HEADS, HEAD_DIM, BLOCK = 2, 1024, 8, 2, 128, 128
+CUSTOM_CALL = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
+
+
+def _sparse_mask():
+  num_blocks = SEQ_LEN // BLOCK
+  keep = np.random.default_rng(0).random((BATCH, HEADS, num_blocks, num_blocks)) < 0.5
+  keep |= np.eye(num_blocks, dtype=bool)
+  return bm.from_mask(jnp.asarray(keep), block_q=BLOCK, block_k=BLOCK)
+
+
+def _kernels(platform):
+  compiled = dict(interpret=False, platform=platform)
+  mask = _sparse_mask()
+  return {
+      "flash": functools.partial(flash_attention, **compiled),
+      "flash_noncausal": functools.partial(flash_attention, causal=False, **compiled),
+      "block_sparse": lambda q, k, v: block_sparse_attention(q, k, v, mask, **compiled),
+  }
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_forward_and_grad_export(platform, dtype):
+  q = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, HEADS, HEAD_DIM), dtype)
+  kv = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, KV_HEADS, HEAD_DIM), dtype)
+  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL["cuda"])]
+  for name, attn in _kernels(platform).items():
+    loss = lambda q, k, v: jnp.sum(attn(q, k, v).astype(jnp.float32))
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+    for fn, kernels in ((attn, 1), (grad, 3)):  # forward; forward + dq + dk/dv
+      exported = jax.export.export(jax.jit(fn), platforms=[platform],
+                                   disabled_checks=checks)(q, kv, kv)
+      text = exported.mlir_module()
+      assert text.count(CUSTOM_CALL[platform]) == kernels, (name, platform)
+      out_shapes = [o.shape for o in exported.out_avals]
+      assert out_shapes[0] == q.shape and all(s in (q.shape, kv.shape) for s in out_shapes)
+
+
+def test_tpu_lists_too_large_for_scalar_memory_are_rejected():
+  seq_len, block = 4096, 128
+  num_blocks = seq_len // block
+  mask = bm.from_mask(jnp.ones((8, 16, num_blocks, num_blocks), bool),
+                      block_q=block, block_k=block)
+  q = jax.ShapeDtypeStruct((8, seq_len, 16, 64), jnp.bfloat16)
+  with pytest.raises(ValueError, match=r"scalar memory.*shard"):
+    jax.eval_shape(lambda q: block_sparse_attention(q, q, q, mask, interpret=False,
+                                                    platform="tpu"), q)
