@@ -20,8 +20,8 @@ KINDS = tuple(sorted(attention_lib._DISPATCH))
 
 
 def mesh_config(data=1, fsdp=1, tensor=1, sequence=1, **overrides):
-  return micro_config(**{"model.heads": 4, "model.kv_heads": 2, "mesh.data": data,
-                         "mesh.fsdp": fsdp, "mesh.tensor": tensor,
+  return micro_config(**{"model.depth": 1, "model.heads": 4, "model.kv_heads": 2,
+                         "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor,
                          "mesh.sequence": sequence, **overrides})
 
 
