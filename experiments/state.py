@@ -5,6 +5,7 @@ is rebuilt inside the step from its graphdef (nnx.merge), so jit, orbax and the
 sharding rules all see ordinary pytrees.
 """
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -42,14 +43,28 @@ def param_shardings(abstract_params_state, mesh, rules):
   """NamedSharding per parameter from its logical names (`out_sharding` metadata)."""
   def to_sharding(variable):
     names = variable.get_metadata().get("out_sharding") or ()
-    return NamedSharding(mesh, parallel.spec_for(names, rules, mesh.axis_names))
+    return parallel.logical_sharding(names, variable.shape, mesh, rules)
   shardings = jax.tree.map(to_sharding, abstract_params_state,
                            is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.to_pure_dict(shardings)
 
 
+def check_divisible(cfg, mesh, rules):
+  """Batch and sequence splits the mesh implies must be even (fail before compiling)."""
+  batch_spec, length_spec = parallel.spec_for(("batch", "length"), rules, mesh.axis_names)
+  for what, size, entry, hint in (
+      ("batch_size", cfg.batch_size, batch_spec, "mesh.data * mesh.fsdp"),
+      ("seq_len", cfg.seq_len, length_spec, "mesh.sequence")):
+    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    devices = math.prod(mesh.shape[a] for a in axes)
+    if size % devices:
+      raise ValueError(f"{what} {size} is not divisible by {hint} = {devices} "
+                       f"(mesh axes {axes}); change {what} or the mesh.")
+
+
 def build(cfg, mesh):
   rules = tuple(tuple(r) for r in cfg.mesh.rules)
+  check_divisible(cfg, mesh, rules)
   abstract_model = nnx.eval_shape(lambda: models.LM(cfg, rngs=nnx.Rngs(cfg.seed)))
   graphdef, abstract_params_state = nnx.split(abstract_model, nnx.Param)
   abstract_params = nnx.to_pure_dict(abstract_params_state)

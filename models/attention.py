@@ -65,7 +65,8 @@ class Attention(nnx.Module):
       # estimator works on pooled blocks).
       self.sow(nnx.Intermediate, "attn_density", kernels.attention_density(
           q_BLHK, k_BLGK, kind=self.kind, causal=True, **self.params))
-    o_BLHK = kernels.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind,
-                               impl=self.impl, causal=True, **self.params)
+    # Under a multi-device mesh the kernel runs per device inside shard_map.
+    o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind,
+                                impl=self.impl, causal=True, **self.params)
     o_BLHK = parallel.constrain(o_BLHK, ("batch", "length", "heads", "head_dim"))
     return jnp.einsum("blhk,hkd->bld", o_BLHK, self.wo_HKD[...].astype(dtype))

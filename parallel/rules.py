@@ -8,6 +8,7 @@ leaves embed replicated, while a [embed, mlp] weight shards embed on fsdp.
 """
 import contextlib
 import dataclasses
+import math
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -27,6 +28,28 @@ def spec_for(names, rules, mesh_axes=None):
     used.update(axes)
     entries.append(None if not axes else axes[0] if len(axes) == 1 else axes)
   return PartitionSpec(*entries)
+
+
+def fit_spec(spec, shape, mesh):
+  """Drops mesh axes (from the innermost) that do not divide their dimension.
+
+  A dimension that cannot be split evenly is kept whole on those axes instead
+  of failing: e.g. 2 kv heads under tensor=4 leave the kv projections
+  replicated over tensor while the query heads still shard.
+  """
+  entries = []
+  for entry, size in zip(tuple(spec) + (None,) * (len(shape) - len(spec)), shape):
+    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    while axes and size % math.prod(mesh.shape[a] for a in axes):
+      axes = axes[:-1]
+    entries.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return PartitionSpec(*entries)
+
+
+def logical_sharding(names, shape, mesh, rules):
+  """NamedSharding of an array of `shape` whose axes have logical `names`."""
+  spec = spec_for(names, rules, mesh.axis_names)
+  return NamedSharding(mesh, fit_spec(spec, shape, mesh))
 
 
 @dataclasses.dataclass
@@ -62,5 +85,5 @@ def constrain(x, names):
   mesh = _active.mesh
   if mesh is None or mesh.size == 1:
     return x
-  spec = spec_for(names, _active.rules, mesh.axis_names)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  return jax.lax.with_sharding_constraint(
+      x, logical_sharding(names, x.shape, mesh, _active.rules))

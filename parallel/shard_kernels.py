@@ -1,0 +1,121 @@
+"""`kernels.attention` under a mesh: shard_map with specs from the rules table.
+
+Pallas kernels do not partition themselves, so under a multi-device mesh the
+kernel runs inside `jax.shard_map` on per-device blocks: batch split like the
+`batch` rule (data, fsdp), heads like the `heads` rule (tensor). With the
+`length` rule active (sequence > 1, context parallelism), an all-to-all
+(DeepSpeed-Ulysses) trades the sequence shards for head shards before the
+kernel and back after it, so every attention kind sees whole sequences and
+needs no cross-device logic of its own.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+import kernels
+from parallel import rules as rules_lib
+
+
+def _axes(entry, mesh):
+  """Mesh axes of a spec entry, without size-1 axes (no collectives for those)."""
+  axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  return tuple(a for a in axes if mesh.shape[a] > 1)
+
+
+def _entry(axes):
+  return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
+def _size(mesh, axes):
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _kv_repeats(kv_heads, shards):
+  """How often to repeat each kv head so the kv heads split evenly into `shards`
+  (1 when they already do). lcm(kv_heads, shards) divides the query heads (both
+  do), so every query head still finds its own kv head on its device."""
+  return math.lcm(kv_heads, shards) // kv_heads
+
+
+def _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes):
+  B, L, H, _ = q_BLHK.shape
+  if B % _size(mesh, batch_axes):
+    raise ValueError(
+        f"attention batch {B} is not divisible by the mesh axes {batch_axes} "
+        f"(size {_size(mesh, batch_axes)}) that the `batch` rule splits it over; "
+        "choose batch_size and mesh.data/mesh.fsdp so that it divides.")
+  if L % _size(mesh, seq_axes):
+    raise ValueError(
+        f"sequence length {L} is not divisible by the mesh axes {seq_axes} "
+        f"(size {_size(mesh, seq_axes)}) that the `length` rule splits it over; "
+        "choose seq_len divisible by mesh.sequence.")
+  shards = _size(mesh, head_axes) * _size(mesh, seq_axes)
+  if H % shards:
+    raise ValueError(
+        f"{H} query heads cannot be split over {shards} devices (mesh axes "
+        f"{head_axes + seq_axes}: sequence x tensor); heads must be divisible by "
+        "mesh.sequence * mesh.tensor. Change model.heads or the mesh.")
+
+
+def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **params):
+  """`kernels.attention` with the same arguments, partitioned over the active mesh.
+
+  Array parameters whose leading dims are [B, L, H] (e.g. linear attention's
+  log_decay [B, L, H]) are split like q; other parameters pass through as is.
+  Outside `parallel.activate` or on one device this is `kernels.attention`.
+  """
+  mesh = rules_lib.active_mesh()
+  if mesh is None or mesh.size == 1:
+    return kernels.attention(q_BLHK, k_BLGK, v_BLGK, kind=kind, impl=impl,
+                             causal=causal, **params)
+  spec = rules_lib.spec_for(("batch", "length", "heads"), rules_lib.active_rules(),
+                            mesh.axis_names)
+  batch_axes, seq_axes, head_axes = (_axes(e, mesh) for e in spec)
+  _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes)
+  # kv heads are split over the same axes as the query heads (not the
+  # `kv_heads` rule), so each device holds the kv heads its query heads use.
+  repeats = _kv_repeats(k_BLGK.shape[2], _size(mesh, head_axes) * _size(mesh, seq_axes))
+  if repeats > 1:
+    k_BLGK = jnp.repeat(k_BLGK, repeats, axis=2)
+    v_BLGK = jnp.repeat(v_BLGK, repeats, axis=2)
+
+  per_head = {}
+  for name, value in params.items():
+    if getattr(value, "ndim", 0) == 0:
+      continue
+    if value.shape[:3] != q_BLHK.shape[:3]:
+      raise ValueError(
+          f"attention parameter {name!r} has shape {value.shape}; under a mesh array "
+          f"parameters must have leading dims [B, L, H] = {q_BLHK.shape[:3]}.")
+    per_head[name] = value
+  static = {n: v for n, v in params.items() if n not in per_head}
+  names = tuple(per_head)
+
+  def spec_of(ndim):
+    return PartitionSpec(_entry(batch_axes), _entry(seq_axes), _entry(head_axes),
+                         *([None] * (ndim - 3)))
+
+  seq_axis = _entry(seq_axes)
+
+  def seq_to_heads(x):
+    return jax.lax.all_to_all(x, seq_axis, split_axis=2, concat_axis=1, tiled=True)
+
+  def local(q, k, v, *arrays):
+    if seq_axes:
+      q, k, v = seq_to_heads(q), seq_to_heads(k), seq_to_heads(v)
+      arrays = [seq_to_heads(a) for a in arrays]
+    o = kernels.attention(q, k, v, kind=kind, impl=impl, causal=causal,
+                          **static, **dict(zip(names, arrays)))
+    if seq_axes:
+      o = jax.lax.all_to_all(o, seq_axis, split_axis=1, concat_axis=2, tiled=True)
+    return o
+
+  arrays = [per_head[n] for n in names]
+  in_specs = (spec_of(4),) * 3 + tuple(spec_of(a.ndim) for a in arrays)
+  # check_vma=False: kernels (pallas_call, custom_vjp) are opaque to the
+  # replication checker; every output dim is covered by out_specs anyway.
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec_of(4),
+                          check_vma=False)
+  return sharded(q_BLHK, k_BLGK, v_BLGK, *arrays)
