@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import kernels
 import parallel
 from models.layers import param
 from models.layout import head_dim
@@ -76,7 +75,8 @@ class LinearAttention(nnx.Module):
       pre_BLH = x_BLD.astype(jnp.float32) @ self.wa_DH[...] + self.decay_bias_H[...]
       log_decay_BLH = -jax.nn.softplus(pre_BLH)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
-    o_BLHK = kernels.attention(q_BLHK, k_BLGK, v_BLGK, kind="linear", impl=self.impl,
-                               causal=True, log_decay=log_decay_BLH, **self.options)
+    # Under a mesh the kernel runs in shard_map (log_decay [B, L, H] split like q).
+    o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind="linear", impl=self.impl,
+                                causal=True, log_decay=log_decay_BLH, **self.options)
     o_BLHK = parallel.constrain(o_BLHK.astype(dtype), ("batch", "length", "heads", "head_dim"))
     return jnp.einsum("blhk,hkd->bld", o_BLHK, self.wo_HKD[...].astype(dtype))

@@ -123,7 +123,7 @@ def small():
 
 
 def b1():
-  """~1.1B parameters (non-embedding ~1.07B): for --compile_only and accelerators."""
+  """~0.94B parameters (models.count_params): for --compile_only and accelerators."""
   c = small()
   c.seq_len = 2048
   c.batch_size = 64
