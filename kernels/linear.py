@@ -17,7 +17,6 @@ import jax.numpy as jnp
 
 from kernels import linear_pallas
 from kernels import linear_reference
-from kernels.dense import repeat_kv
 from kernels.linear_reference import (apply_feature_map, check_linear_args, pad_to_chunks,
                                       safe_divide)
 
@@ -74,13 +73,7 @@ def xla_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
                          feature_map="identity", normalize=False, chunk_size=64):
   """Chunked linear attention in plain XLA ops, float32 inside; returns o_BLHK."""
   out_dtype = q_BLHK.dtype
-  num_heads = q_BLHK.shape[2]
-  q = q_BLHK.astype(jnp.float32)
-  k = repeat_kv(k_BLGK, num_heads).astype(jnp.float32)
-  v = repeat_kv(v_BLGK, num_heads).astype(jnp.float32)
-  if log_decay_BLH is None:
-    log_decay_BLH = jnp.zeros(q.shape[:3], jnp.float32)
-  g = log_decay_BLH.astype(jnp.float32)
+  q, k, v, g = linear_reference.as_float32_heads(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH)
   if normalize:
     # The normaliser is the same attention applied to a column of ones.
     values = jnp.concatenate([v, jnp.ones(v.shape[:3] + (1,), jnp.float32)], axis=-1)

@@ -83,7 +83,7 @@ def pad_to_chunks(x_BL, chunk_size):
   return jnp.pad(x_BL, widths)
 
 
-def _as_float32_heads(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH):
+def as_float32_heads(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH):
   num_heads = q_BLHK.shape[2]
   q = q_BLHK.astype(jnp.float32)
   k = repeat_kv(k_BLGK, num_heads).astype(jnp.float32)
@@ -97,7 +97,7 @@ def recurrent_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
                                feature_map="identity", normalize=False):
   """Token-by-token recurrence: S_t = exp(g_t) S_{t-1} + phi(k_t) v_t^T, o_t = phi(q_t) S_t."""
   out_dtype = q_BLHK.dtype
-  q, k, v, g = _as_float32_heads(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH)
+  q, k, v, g = as_float32_heads(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH)
   fq, fk = apply_feature_map(q, feature_map), apply_feature_map(k, feature_map)
   batch, _, heads, features = fq.shape
   state_BHFK = jnp.zeros((batch, heads, features, v.shape[-1]), jnp.float32)
@@ -140,7 +140,7 @@ def quadratic_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
                                feature_map="identity", normalize=False):
   """The masked L x L form: scores_ts = phi(q_t).phi(k_s) exp(G_t - G_s) [s <= t]."""
   out_dtype = q_BLHK.dtype
-  q, k, v, g = _as_float32_heads(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH)
+  q, k, v, g = as_float32_heads(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH)
   if feature_map == "squared":  # (q.k)^2 without the K*K expansion
     scores_BHTS = jnp.einsum("bthk,bshk->bhts", q, k) ** 2
   else:

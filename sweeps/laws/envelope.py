@@ -49,20 +49,10 @@ def _envelope(curves, run_weights_RU):
 
 
 def _laws(c_G, n_RG, d_RG, loss_RG) -> dict:
-  w_RG = np.isfinite(n_RG).astype(float)
-  fill = lambda x: np.where(w_RG > 0, np.nan_to_num(x, nan=1.0), 1.0)
-  log_kn, a = powerlaw.fit_loglog(c_G, fill(n_RG), w_RG)
-  log_kd, b = powerlaw.fit_loglog(c_G, fill(d_RG), w_RG)
-  log_kl, l_exp = powerlaw.fit_loglog(c_G, fill(loss_RG), w_RG)
-  return {"a": a, "b": b, "N_coef": np.exp(log_kn), "D_coef": np.exp(log_kd),
-          "loss_coef": np.exp(log_kl), "loss_exp": l_exp}
+  return powerlaw.allocation_laws(c_G, n_RG, d_RG, loss_RG)
 
 
-def allocation(params: dict, c):
-  """(N_opt, D_opt, envelope loss) at FLOPs c; params holds params and derived."""
-  c = np.asarray(c, np.float64)
-  return (params["N_coef"] * c ** params["a"], params["D_coef"] * c ** params["b"],
-          params["loss_coef"] * c ** params["loss_exp"])
+allocation = powerlaw.allocation
 
 
 def fit(points, options=None) -> dict:

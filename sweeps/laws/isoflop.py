@@ -44,21 +44,11 @@ def _minima(points, weights_RN):
 
 
 def _laws(c_g, x_opt_RG, loss_min_RG) -> dict:
-  w_RG = np.isfinite(x_opt_RG).astype(float)
-  n_opt = np.where(w_RG > 0, np.exp(np.nan_to_num(x_opt_RG)), 1.0)
-  log_kn, a = powerlaw.fit_loglog(c_g, n_opt, w_RG)
-  log_kd, b = powerlaw.fit_loglog(c_g, c_g / (6 * n_opt), w_RG)
-  log_kl, l_exp = powerlaw.fit_loglog(c_g, np.where(w_RG > 0, np.nan_to_num(loss_min_RG, nan=1.0),
-                                                    1.0), w_RG)
-  return {"a": a, "b": b, "N_coef": np.exp(log_kn), "D_coef": np.exp(log_kd),
-          "loss_coef": np.exp(log_kl), "loss_exp": l_exp}
+  n_opt_RG = np.exp(x_opt_RG)  # NaN where a budget has no interior minimum
+  return powerlaw.allocation_laws(c_g, n_opt_RG, c_g / (6 * n_opt_RG), loss_min_RG)
 
 
-def allocation(params: dict, c):
-  """(N_opt, D_opt, loss at the optimum) at FLOPs c; params holds params and derived."""
-  c = np.asarray(c, np.float64)
-  return (params["N_coef"] * c ** params["a"], params["D_coef"] * c ** params["b"],
-          params["loss_coef"] * c ** params["loss_exp"])
+allocation = powerlaw.allocation
 
 
 def fit(points, options=None) -> dict:

@@ -39,3 +39,22 @@ def parabolas(x_N, y_N, group_N, weights_RN, n_groups):
     if ok.any():
       out[ok, g] = np.linalg.solve(xtwx[ok], xtwy[ok][..., None])[..., 0]
   return out
+
+
+def allocation_laws(c_G, n_RG, d_RG, loss_RG) -> dict:
+  """Power laws N_opt = N_coef C^a, D_opt = D_coef C^b, loss = loss_coef C^loss_exp
+  through per-budget optima ([R resamples, G budgets]; NaN marks a missing optimum)."""
+  w_RG = np.isfinite(n_RG).astype(float)
+  fill = lambda x: np.where(w_RG > 0, np.nan_to_num(x, nan=1.0), 1.0)
+  log_kn, a = fit_loglog(c_G, fill(n_RG), w_RG)
+  log_kd, b = fit_loglog(c_G, fill(d_RG), w_RG)
+  log_kl, l_exp = fit_loglog(c_G, fill(loss_RG), w_RG)
+  return {"a": a, "b": b, "N_coef": np.exp(log_kn), "D_coef": np.exp(log_kd),
+          "loss_coef": np.exp(log_kl), "loss_exp": l_exp}
+
+
+def allocation(params: dict, c):
+  """(N_opt, D_opt, loss at the optimum) at FLOPs c from `allocation_laws` params."""
+  c = np.asarray(c, np.float64)
+  return (params["N_coef"] * c ** params["a"], params["D_coef"] * c ** params["b"],
+          params["loss_coef"] * c ** params["loss_exp"])
