@@ -9,6 +9,7 @@ import time
 import pytest
 
 from sweeps import launch
+from sweeps import store as store_lib
 from tests.helpers import REPO
 from tests.sweeps.sweep_files import QUICKSTART_SMOKE, logged_steps, read_run, run_dirs, write_def
 
@@ -32,6 +33,12 @@ def test_quickstart_smoke_completes_with_one_record_per_logged_step(tmp_path):
     assert summary["final_loss"] < 5.6 and summary["eval_loss"] < 5.6
     assert steps == logged_steps(cfg)
     assert os.path.getsize(os.path.join(d, "stderr.log")) > 0  # the trainer's log is kept
+  frame = store_lib.load(store)  # the store reader sees the same runs
+  assert sorted(frame.run_id) == sorted(states) and set(frame.status) == {"done"}
+  for column in ("params", "tokens", "flops", "final_loss", "eval_loss", "model.width"):
+    assert frame[column].notna().all(), column
+  curves = store_lib.curves(store)
+  assert set(curves.run_id) == set(states) and curves.loss.notna().all()
 
 
 def test_diverging_run_ends_diverged_and_the_sweep_goes_on(tmp_path):
