@@ -38,8 +38,10 @@ def read_metrics(path):
   records, bad = [], 0
   if not os.path.exists(path):
     return records, bad
-  with open(path) as f:
+  with open(path, errors="replace") as f:
     for line in f:
+      if not line.strip():
+        continue
       try:
         record = json.loads(line)
         if isinstance(record, dict) and "step" in record:

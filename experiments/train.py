@@ -37,7 +37,6 @@ def versions():
 
 def validate(cfg):
   """Checks that need no workdir: unknown choices fail here, before anything is written."""
-  config_lib.check_keys(cfg, [])
   if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 2:
     raise ValueError("steps and batch_size must be >= 1 and seq_len >= 2.")
   for key in ("log_every", "eval_every", "checkpoint_every"):

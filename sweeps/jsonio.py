@@ -1,8 +1,8 @@
 """Standard-JSON output written atomically (fit.json, prescriptions)."""
-import json
 import math
 import os
-import tempfile
+
+from experiments import metrics
 
 
 def strict_json(obj):
@@ -17,14 +17,6 @@ def strict_json(obj):
 
 
 def write_json_atomic(path: str, obj) -> None:
-  """Temp file in the same directory, then rename: readers never see a half-written file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".fit.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(strict_json(obj), f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  """Standard JSON (NaN -> null) via the run directory's atomic writer (temp + rename)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  metrics.write_json_atomic(path, strict_json(obj))

@@ -11,20 +11,11 @@ import warnings
 
 import pandas as pd
 
+from experiments.config import flatten
+from experiments.metrics import read_metrics
+
 SUMMARY_KEYS = ("status", "params", "params_non_embedding", "tokens", "flops", "final_loss",
                 "eval_loss", "wall_seconds")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-  """{'model': {'width': 8}} -> {'model.width': 8}; lists stay values."""
-  flat = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      flat.update(flatten(value, name + "."))
-    else:
-      flat[name] = value
-  return flat
 
 
 def _read_json(path: str):
@@ -84,25 +75,6 @@ def load(store: str) -> pd.DataFrame:
     if key not in frame:
       frame[key] = pd.NA if key == "status" else float("nan")
   return frame
-
-
-def read_metrics(path: str) -> tuple[list[dict], int]:
-  """Parses a metrics.jsonl file; returns (records, number of malformed lines skipped)."""
-  records, bad = [], 0
-  with open(path, errors="replace") as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except ValueError:  # truncated by a crash or still being written
-        bad += 1
-        continue
-      if isinstance(record, dict) and "step" in record:
-        records.append(record)
-      else:
-        bad += 1
-  return records, bad
 
 
 def curves(store: str) -> pd.DataFrame:
