@@ -357,10 +357,6 @@ def pallas_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
   length = q_BLHK.shape[1]
   q, k, v, g = kernel_layout(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH,
                              feature_map=feature_map, chunk_size=chunk_size)
-  if normalize:
-    # Numerator and normaliser in float32: dividing two values each rounded to
-    # bfloat16 compounds their errors (forward and gradients); cast once at the end.
-    v = v.astype(jnp.float32)
   o_BHLV = _linear_core(q, k, v, g, chunk_size, platform, interpret)
   if normalize:
     ones_BGLW = jnp.ones(v.shape[:3] + (NORMALISER_WIDTH,), v.dtype)
