@@ -1,32 +1,57 @@
 """Turn a fit into a prescription: with C FLOPs, train N params on D tokens, expect loss L.
 
   python -m sweeps.prescribe --fit=DIR/fit.json --budget=1e21 [--variant=small]
-      [--group=dense] [--format=text|json]
+      [--group=dense] [--batch_rule=fitted|deepseek] [--format=text|json]
 
-The concrete model comes from the model family's own parameter count (models.flops): shapes
-follow fixed rules (head_dim 64, mlp_width = mlp ratio of the base variant times width,
-width close to ASPECT x depth) and the (width, depth) whose count is closest to N_opt wins.
-The count matched is the one the fit used: total parameters for N = `params`, non-embedding
-for N = `params_non_embedding`.
+The concrete config keeps to the budget: N_opt is rounded to a realizable shape, then
+steps = budget / (that shape's exact training FLOPs per token x batch x seq_len), so the
+config's FLOPs (models.flops) are within 10% of the budget (or the prescription fails).
+Everything but the shape and the steps comes from the runs the law was fitted on: fit.json's
+`base_config` (the largest-compute fitted run's resolved config) applied over the variant
+(fit.json's `config_spec`, else --variant, else `tiny`). Shapes keep that run's head_dim,
+heads/kv_heads and mlp_width/width ratios; among (width, depth) whose parameter count is
+within 1% of N_opt, the one nearest width/depth = ASPECT wins. The count matched is the one
+the fit used: total parameters for N = `params`, non-embedding for N = `params_non_embedding`.
 """
 import json
 import math
+import os
 import sys
 
 from absl import app, flags
 import numpy as np
 
+from experiments import config as config_lib
 from models import flops as flops_lib
+from models import layout
 from sweeps import allocation
 from sweeps.jsonio import strict_json
 
-HEAD_DIM = 64
 ASPECT = 64  # width / depth of the preferred shape (Kaplan et al.: loss is flat near 50-100)
+MAX_DEPTH = 256
+MIN_STEPS = 5  # below this, rounding steps alone can miss the budget by more than 10%
+TOLERANCE = 0.10  # |model FLOPs / budget - 1| allowed
+WARN_DECADES = 2.0  # extrapolation beyond the largest fitted run that earns a warning
+SHAPE_KEYS = ("model.width", "model.depth", "model.heads", "model.kv_heads", "model.head_dim",
+              "model.mlp_width")
+CONFIG_KEYS = ("model.vocab_size", "seq_len", "batch_size", "steps", "attention.kind")
+BATCH_RULES = {
+    "fitted": "the fitted runs' batch (the law was measured at it; changing it would confound "
+              "a verification)",
+    "deepseek": "DeepSeek LLM's law, tokens per batch 0.292 C^0.3271 (Bi et al. 2024), in "
+                "whole sequences",
+}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 _FIT = flags.DEFINE_string("fit", None, "fit.json written by sweeps.fit.")
 _BUDGET = flags.DEFINE_float("budget", None, "Training FLOP budget C.")
-_VARIANT = flags.DEFINE_string("variant", "small", "experiments/configs/lm.py variant whose "
-                               "vocab, seq_len, mlp and kv-head ratios are kept.")
+_VARIANT = flags.DEFINE_string("variant", None, "experiments/configs/lm.py variant under the "
+                               "fitted runs' base_config (default: fit.json's config_spec, "
+                               "else tiny).")
 _GROUP = flags.DEFINE_string("group", None, "Group of a --group_by fit to use.")
+_BATCH_RULE = flags.DEFINE_enum("batch_rule", "fitted", sorted(BATCH_RULES),
+                                "Batch size: " + "; ".join(f"{k} = {v}"
+                                                          for k, v in BATCH_RULES.items()))
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
 
 
@@ -53,63 +78,208 @@ def batch_tokens(budget: float) -> float:
   return 0.292 * budget ** 0.3271
 
 
-def model_config(base, n_target: float, tokens: float, key: str, budget: float):
-  """The (width, depth) shape whose parameter count is closest to n_target; the
-  batch from `batch_tokens(budget)` in whole sequences; steps to reach `tokens`."""
+def lm_spec(variant: str) -> str:
+  return f"experiments/configs/lm.py:{variant}"
+
+
+def load_spec(spec: str):
+  """A --config spec (file.py:variant, relative to the repository root or absolute)."""
+  path, sep, arg = spec.partition(":")
+  if not os.path.isabs(path) and not os.path.isfile(path):
+    path = os.path.join(REPO, path)
+  return config_lib.load(path + sep + arg)
+
+
+def base_spec(fit: dict, variant=None) -> str:
+  """--variant if given, else the fitted runs' config_spec, else the tiny variant."""
+  return lm_spec(variant) if variant else (fit.get("config_spec") or lm_spec("tiny"))
+
+
+def _same(a, b) -> bool:
+  """Equal as JSON (a fit.json list equals a config tuple)."""
+  return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def apply_base_config(variant_cfg, base_config):
+  """(cfg, applied {key: value} that differ from the variant, notes) with the fitted run's
+  resolved config over the variant; keys the variant lacks and None values are skipped."""
+  if not base_config:
+    return variant_cfg.copy_and_resolve_references(), {}, []
+  valid = set(config_lib.leaf_keys(variant_cfg))
+  current = config_lib.flatten(config_lib.to_dict(variant_cfg))
+  missing = sorted(k for k in base_config if k not in valid)
+  notes = [f"skipped base_config keys the variant lacks: {', '.join(missing)}"] if missing else []
+  applied = {k: v for k, v in base_config.items()
+             if k in valid and v is not None and not _same(v, current.get(k))}
+  return config_lib.override(variant_cfg, applied), applied, notes
+
+
+def _set_shape(cfg, depth, units, kv_ratio, head_dim, mlp_ratio):
+  m = cfg.model
+  heads = units * kv_ratio
+  m.width, m.depth, m.heads, m.kv_heads, m.head_dim = heads * head_dim, depth, heads, units, \
+      head_dim
+  m.mlp_width = head_dim * max(1, round(mlp_ratio * m.width / head_dim))
+
+
+def model_shape(base, n_target: float, key: str):
+  """(cfg, count): the shape nearest n_target params that keeps base's head_dim, heads per
+  kv head and mlp ratio (width = heads x head_dim). Per depth, bisection on the head count
+  (the count grows with it); closest count first, among near ties (< 1%) the shape nearest
+  the aspect ratio ASPECT."""
   cfg = base.copy_and_resolve_references()
   m = cfg.model
-  mlp_ratio = m.mlp_width / m.width
-  kv_ratio = max(1, m.heads // m.kv_heads)
+  rules = (max(1, m.heads // m.kv_heads), layout.head_dim(m), m.mlp_width / m.width)
+
+  def count(depth, units):
+    _set_shape(cfg, depth, units, *rules)
+    return flops_lib.count_params(cfg)[key]
+
   best = None
-  for depth in range(1, 257):
-    nominal = ASPECT * depth / HEAD_DIM
-    for heads in {max(1, math.floor(nominal * f)) for f in (0.5, 0.6, 0.7, 0.85, 1, 1.2, 1.4,
-                                                             1.7, 2)}:
-      heads = max(kv_ratio, heads - heads % kv_ratio)
-      width = heads * HEAD_DIM
-      m.width, m.depth, m.heads, m.kv_heads = width, depth, heads, heads // kv_ratio
-      m.head_dim = HEAD_DIM
-      m.mlp_width = int(HEAD_DIM * round(mlp_ratio * width / HEAD_DIM))
-      n = flops_lib.count_params(cfg)[key]
-      # Closest count first; among near ties (< 1%) the shape nearest the aspect ratio.
+  for depth in range(1, MAX_DEPTH + 1):
+    lo, hi = 1, 1
+    while count(depth, hi) < n_target and hi < 1 << 16:
+      hi *= 2
+    while lo < hi:  # smallest head count whose params reach n_target
+      mid = (lo + hi) // 2
+      lo, hi = (mid + 1, hi) if count(depth, mid) < n_target else (lo, mid)
+    for units in {max(1, lo - 1), lo}:
+      n = count(depth, units)
+      width = units * rules[0] * rules[1]
       score = (round(abs(math.log(n / n_target)) / 0.01), abs(math.log(width / depth / ASPECT)))
       if best is None or score < best[0]:
-        best = (score, cfg.copy_and_resolve_references(), n)
-  _, cfg, n = best
-  cfg.batch_size = max(1, round(batch_tokens(budget) / cfg.seq_len))
-  cfg.steps = max(1, math.ceil(tokens / (cfg.batch_size * cfg.seq_len)))
+        best = (score, depth, units, n)
+    if count(depth, 1) >= n_target:
+      break  # deeper shapes only grow
+  _, depth, units, n = best
+  _set_shape(cfg, depth, units, *rules)
   return cfg, n
 
 
-def prescribe(fit: dict, budget: float, base, group=None) -> dict:
-  if not budget or budget <= 0:
+def _warnings(fit: dict, budget: float, n_model: float, n_opt: float) -> tuple:
+  """(extrapolation_decades or None, warnings) from fit.json's data_range and quality."""
+  out, decades = [], None
+  c_range = (fit.get("data_range") or {}).get("C")
+  if c_range:
+    decades = math.log10(budget / c_range[1])
+    if decades > WARN_DECADES:
+      out.append(f"extrapolates {decades:.1f} decades beyond the largest fitted run "
+                 f"(C={c_range[1]:.3g}): treat the prescription as a hypothesis to verify")
+    if budget < c_range[0]:
+      out.append(f"budget is {math.log10(c_range[0] / budget):.1f} decades below the smallest "
+                 f"fitted run (C={c_range[0]:.3g}): the law is extrapolated downwards")
+  else:
+    out.append("extrapolation not assessed: fit.json has no data_range (refit with the "
+               "current sweeps.fit to record it)")
+  quality = fit.get("quality")
+  if quality not in (None, "ok", "info"):
+    diagnostics = [d for d in fit.get("diagnostics") or [] if d.get("level") != "info"]
+    codes = ", ".join(d.get("code", "?") for d in diagnostics) or "none listed"
+    out.append(f"the fit's quality is {quality!r} (diagnostics: {codes}); its prescription "
+               "may not mean anything")
+    out += [f"{d.get('code', '?')}: {d.get('message', '')}" for d in diagnostics]
+  if abs(n_model / n_opt - 1) > 0.1:
+    out.append(f"the nearest realizable shape has {n_model:.4g} params, "
+               f"{n_model / n_opt - 1:+.0%} from N_opt = {n_opt:.4g}")
+  return decades, out
+
+
+def resolve_base(top: dict, fit: dict, base=None, variant=None) -> tuple:
+  """(cfg, spec, description, base_overrides, notes): the variant (base, or loaded from
+  `base_spec`) under the fitted runs' base_config (a --group_by fit's group carries its own);
+  base_overrides are the keys that differ from the variant, less those prescribed."""
+  spec = base_spec({"config_spec": fit.get("config_spec") or top.get("config_spec")}, variant)
+  if base is None:
+    try:
+      base = load_spec(spec)
+    except ValueError as err:
+      raise ValueError(f"{err} (the base config {spec!r}; pick one with --variant=NAME)") \
+          from None
+  elif not variant:
+    spec = None  # a config given by the caller: its spec is unknown
+  base_config = fit.get("base_config")
+  cfg, applied, notes = apply_base_config(base, base_config)
+  base_overrides = {k: v for k, v in applied.items() if k not in SHAPE_KEYS + CONFIG_KEYS}
+  if base_config:
+    described = (f"{spec or 'the given config'} with the base_config of the largest-compute "
+                 f"fitted run ({len(base_overrides)} more keys differ from the variant)")
+  else:
+    why = "fitted from a CSV" if (top.get("source") or {}).get("csv") else \
+        "written before sweeps.fit recorded it; refit to record it"
+    name = (spec or "given").rpartition(":")[2]
+    described = f"variant {name} (fit.json has no base_config: {why})"
+  return cfg, spec, described, base_overrides, notes
+
+
+def prescribe(fit: dict, budget: float, base=None, group=None, *, batch_rule="fitted",
+              variant=None) -> dict:
+  """The prescription for `budget` FLOPs. base: the config under the fitted runs'
+  base_config (default: loaded from `base_spec(fit, variant)`)."""
+  if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
     raise ValueError(f"--budget must be a positive FLOP count, got {budget}")
-  group_by = fit.get("group_by")
+  if batch_rule not in BATCH_RULES:
+    raise ValueError(f"--batch_rule={batch_rule!r}: choose one of {sorted(BATCH_RULES)}")
+  top, group_by = fit, fit.get("group_by")
   fit, group = select_group(fit, group)
+  cfg, spec, described, base_overrides, notes = resolve_base(top, fit, base, variant)
+  if group is not None and group_by == "attention.kind":
+    cfg.attention.kind = group  # the prescription is for the attention kind that was fitted
+
   alloc = allocation.allocate(fit, budget)
   pick = lambda key: {"value": float(alloc[key][0][0]),
                       "interval": [float(alloc[key][1][0]), float(alloc[key][2][0])]}
-  if group is not None and group_by == "attention.kind":
-    base.attention.kind = group  # the prescription is for the attention kind that was fitted
   key = count_key(fit.get("n_kind", "params"))
-  n_opt, d_opt = alloc["N_opt"][0][0], alloc["D_opt"][0][0]
-  cfg, n_model = model_config(base, n_opt, d_opt, key, budget)
+  n_opt = float(alloc["N_opt"][0][0])
+  if not (math.isfinite(n_opt) and n_opt > 0):
+    raise ValueError(f"the {fit['law']} fit gives N_opt = {n_opt} at C = {budget:.3g}; its "
+                     "parameters are not usable for a prescription (see its diagnostics)")
+  cfg, n_model = model_shape(cfg, n_opt, key)
+  if batch_rule == "deepseek":
+    cfg.batch_size = max(1, round(batch_tokens(budget) / cfg.seq_len))
+  per_token = flops_lib.flops_per_token(cfg)
+  exact_steps = budget / (per_token * cfg.batch_size * cfg.seq_len)
+  cfg.steps = round(exact_steps)
+  if cfg.steps < MIN_STEPS:
+    raise ValueError(
+        f"budget {budget:.3g} FLOPs buys {exact_steps:.3g} steps of the prescribed model "
+        f"({n_model:.3g} params, {per_token:.3g} FLOPs/token, batch {cfg.batch_size} x "
+        f"{cfg.seq_len} tokens); at least {MIN_STEPS} are needed to keep within "
+        f"{TOLERANCE:.0%} of the budget: raise --budget or use a smaller batch")
   tokens = cfg.steps * cfg.batch_size * cfg.seq_len
+  model_flops = per_token * tokens
+  error = model_flops / budget - 1
+  if abs(error) > TOLERANCE:
+    raise ValueError(f"the prescribed config's FLOPs {model_flops:.3g} miss the budget "
+                     f"{budget:.3g} by {error:+.1%} (more than {TOLERANCE:.0%})")
+  decades, warnings = _warnings(fit, budget, n_model, n_opt)
+  rule_text = BATCH_RULES[batch_rule]
+  if batch_rule == "fitted" and not fit.get("base_config"):
+    rule_text = "the variant's batch (fit.json has no base_config: the fitted runs' is unknown)"
+  flat = config_lib.flatten(config_lib.to_dict(cfg))
+  config = {k: flat[k] for k in SHAPE_KEYS + CONFIG_KEYS}
   return {
       "law": fit["law"], "group": group, "budget": budget,
       "N_opt": pick("N_opt"), "D_opt": pick("D_opt"),
       "tokens_per_param": pick("tokens_per_param"), "loss": pick("loss"),
-      "config": {"model.width": cfg.model.width, "model.depth": cfg.model.depth,
-                 "model.heads": cfg.model.heads, "model.kv_heads": cfg.model.kv_heads,
-                 "model.head_dim": cfg.model.head_dim, "model.mlp_width": cfg.model.mlp_width,
-                 "model.vocab_size": cfg.model.vocab_size, "seq_len": cfg.seq_len,
-                 "batch_size": cfg.batch_size, "steps": cfg.steps,
-                 "attention.kind": cfg.attention.kind},
+      "config": config, "config_spec": spec, "base": described,
+      "base_overrides": base_overrides, "base_notes": notes,
+      "batch_rule": batch_rule, "batch_rule_text": rule_text,
       "params_counted": key, "model_params": int(n_model),
       "model_params_vs_N_opt": float(n_model / n_opt - 1),
-      "tokens": int(tokens),
-      "model_train_flops": float(flops_lib.flops_per_token(cfg) * tokens),
+      "tokens": int(tokens), "model_tokens_per_param": float(tokens / n_model),
+      "flops_per_token": float(per_token), "model_train_flops": float(model_flops),
+      "budget_error": float(error),
+      "data_range": fit.get("data_range"), "extrapolation_decades": decades,
+      "quality": fit.get("quality"), "warnings": warnings,
   }
+
+
+def flag_lines(p: dict) -> list:
+  """The trainer's --config flags for the prescription (base overrides, then the shape)."""
+  from sweeps.plan import flag_value
+  lines = [f"--config={p['config_spec']}"] if p.get("config_spec") else []
+  return lines + [f"--config.{k}={flag_value(v)}"
+                  for k, v in {**p["base_overrides"], **p["config"]}.items()]
 
 
 def format_text(p: dict) -> str:
@@ -119,12 +289,21 @@ def format_text(p: dict) -> str:
     return f"{name:<18}{fmt.format(entry['value'])}{band}"
   head = f"{p['law']} fit{' (' + p['group'] + ')' if p['group'] else ''}, budget C = " \
          f"{p['budget']:.3g} FLOPs"
-  lines = [head, line("N_opt", p["N_opt"]), line("D_opt (tokens)", p["D_opt"]),
-           line("tokens/param", p["tokens_per_param"]), line("predicted loss", p["loss"]), "",
-           f"config ({p['params_counted']} params {p['model_params']:.4g}, "
-           f"{p['model_params_vs_N_opt']:+.1%} vs N_opt; model FLOPs "
-           f"{p['model_train_flops']:.3g}):"]
-  lines += [f"  --config.{k}={v}" for k, v in p["config"].items()]
+  lines = [f"WARNING: {w}" for w in p["warnings"]]
+  lines += [head, line("N_opt", p["N_opt"]), line("D_opt (tokens)", p["D_opt"]),
+            line("tokens/param", p["tokens_per_param"]), line("predicted loss", p["loss"]), ""]
+  if p["extrapolation_decades"] is not None:
+    lines.append(f"extrapolation: {p['extrapolation_decades']:+.2f} decades from the largest "
+                 f"fitted run (C={p['data_range']['C'][1]:.3g})")
+  lines += [f"base: {p['base']}"] + [f"  note: {n}" for n in p["base_notes"]]
+  lines.append(f"batch rule: {p['batch_rule']} = {p['batch_rule_text']}: batch "
+               f"{p['config']['batch_size']} x {p['config']['seq_len']} tokens")
+  lines.append(
+      f"config ({p['params_counted']} params {p['model_params']:.4g}, "
+      f"{p['model_params_vs_N_opt']:+.1%} vs N_opt; {p['config']['steps']} steps = "
+      f"{p['tokens']:.4g} tokens, {p['model_tokens_per_param']:.3g} tokens/param; model FLOPs "
+      f"{p['model_train_flops']:.4g} = budget {p['budget_error']:+.1%}):")
+  lines += [f"  {flag}" for flag in flag_lines(p)]
   return "\n".join(lines)
 
 
@@ -132,11 +311,11 @@ def main(argv):
   del argv
   if _FIT.value is None or _BUDGET.value is None:
     raise app.UsageError("--fit=DIR/fit.json and --budget=FLOPS are required")
-  from experiments.configs import lm  # config helpers only (DESIGN: sweeps -> experiments)
   try:
     with open(_FIT.value) as f:
       fit = json.load(f)
-    result = prescribe(fit, _BUDGET.value, lm.get_config(_VARIANT.value), _GROUP.value)
+    result = prescribe(fit, _BUDGET.value, group=_GROUP.value, batch_rule=_BATCH_RULE.value,
+                       variant=_VARIANT.value)
   except (OSError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
