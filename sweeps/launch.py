@@ -14,6 +14,7 @@ import time
 
 from absl import app, flags
 
+from sweeps import define
 from sweeps import plan as plan_lib
 from sweeps import progress as progress_lib
 from sweeps import rundir
@@ -55,8 +56,9 @@ def wait_for_slurm(jobs, runs, run_dirs, states, progress, stale_after, poll):
 
 def launch(spec, store, launcher="local", parallel=1, rerun=rundir.DEFAULT_RERUN,
            dry_run=False, stale_minutes=10.0, out=sys.stdout, **options):
-  """Plans and runs a sweep; returns {run_id: final state} (dry run: the current states)."""
-  sweep = plan_lib.load_sweep(spec)
+  """Plans and runs a sweep (spec: 'sweeps/defs/NAME.py[:arg]' or a define.Sweep); returns
+  {run_id: final state} (dry run: the current states)."""
+  sweep = spec if isinstance(spec, define.Sweep) else plan_lib.load_sweep(spec)
   runs = plan_lib.plan(sweep)
   if parallel < 1:
     raise ValueError(f"--parallel must be >= 1, got {parallel}.")
@@ -98,6 +100,13 @@ def launch(spec, store, launcher="local", parallel=1, rerun=rundir.DEFAULT_RERUN
   return states
 
 
+def flag_options():
+  """launch()'s launcher options from the flags (sweeps.verify shares them)."""
+  return dict(pin=_PIN.value, partition=_PARTITION.value, account=_ACCOUNT.value,
+              nodes=_NODES.value, gpus_per_node=_GPUS.value, cpus_per_run=_CPUS.value,
+              time_minutes=_TIME.value, poll_seconds=_POLL.value)
+
+
 def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
@@ -109,9 +118,7 @@ def main(argv):
   try:
     states = launch(_SWEEP.value, _STORE.value, _LAUNCHER.value, _PARALLEL.value,
                     rundir.parse_rerun(_RERUN.value), _DRY_RUN.value, _STALE.value,
-                    pin=_PIN.value, partition=_PARTITION.value, account=_ACCOUNT.value,
-                    nodes=_NODES.value, gpus_per_node=_GPUS.value, cpus_per_run=_CPUS.value,
-                    time_minutes=_TIME.value, poll_seconds=_POLL.value)
+                    **flag_options())
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
