@@ -4,17 +4,39 @@
   chinchax launch ...     == python -m sweeps.launch ...
   chinchax fit ...        == python -m sweeps.fit ...
   chinchax prescribe ...  == python -m sweeps.prescribe ...
+  chinchax verify ...     == python -m sweeps.verify ...
+  chinchax --help         lists them; `chinchax SUBCOMMAND --help` shows its flags
 """
 import runpy
 import sys
 
 COMMANDS = {"train": "experiments.train", "launch": "sweeps.launch",
-            "fit": "sweeps.fit", "prescribe": "sweeps.prescribe"}
+            "fit": "sweeps.fit", "prescribe": "sweeps.prescribe", "verify": "sweeps.verify"}
+DESCRIPTIONS = {
+    "train": "train one run into a run directory (resumes from its checkpoints)",
+    "launch": "launch a sweep definition into a run store (local processes or Slurm)",
+    "fit": "fit a scaling law to a run store or a CSV: fit.json, diagnostics, plots",
+    "prescribe": "turn a fit into a model config that spends a FLOP budget",
+    "verify": "train the prescribed config and compare its loss with the law's prediction",
+}
+
+
+def usage() -> str:
+  width = max(map(len, COMMANDS))
+  lines = [f"usage: chinchax {{{'|'.join(COMMANDS)}}} [flags...]", "", "subcommands:"]
+  lines += [f"  {name:<{width}}  {DESCRIPTIONS[name]}" for name in COMMANDS]
+  lines += ["", "`chinchax SUBCOMMAND --help` lists a subcommand's flags."]
+  return "\n".join(lines)
 
 
 def main():
+  if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help", "help"):
+    print(usage())
+    sys.exit(0)
   if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-    print(f"usage: chinchax {{{'|'.join(COMMANDS)}}} [flags...]", file=sys.stderr)
+    if len(sys.argv) >= 2:
+      print(f"chinchax: unknown subcommand {sys.argv[1]!r}", file=sys.stderr)
+    print(usage(), file=sys.stderr)
     sys.exit(2)
   module = COMMANDS[sys.argv[1]]
   sys.argv = [module] + sys.argv[2:]
