@@ -2,15 +2,21 @@
 
   python -m sweeps.fit --store=DIR | --csv=FILE [--law=chinchilla] [--bootstrap=N] --out=DIR
       [--columns=N:Model Size,C:Training FLOP,loss:loss] [--where=attention.kind=dense]
-      [--group_by=attention.kind]
+      [--group_by=attention.kind] [--e_floor=auto|VALUE] [--strict]
+
+fit.json carries `quality` (ok | warn | degenerate) and `diagnostics` ({code, level,
+message}); the CLI prints them before the table, and --strict exits 3 unless quality is ok.
 """
+import json
 import math
 import os
 import sys
 
 from absl import app, flags
+import numpy as np
 import pandas as pd
 
+from experiments.config import flatten
 from sweeps import fitting, laws, points as points_lib, store as store_lib
 from sweeps import flags as sweep_flags
 from sweeps.jsonio import write_json_atomic
@@ -22,15 +28,20 @@ _COLUMNS = flags.DEFINE_string(
     "defaults: N:params,D:tokens,C:flops,loss:final_loss (curves: loss:loss); CSV defaults: "
     "N:N,D:D,C:C,loss:loss. Use N:params_non_embedding to fit non-embedding parameters.")
 _LAW = flags.DEFINE_enum("law", "chinchilla", sorted(laws.LAWS), "Scaling law to fit.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 0, "Bootstrap resamples of runs (0: none).")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", fitting.FitOptions.bootstrap,
+                                  "Bootstrap resamples of runs (0: no intervals).")
+_E_FLOOR = flags.DEFINE_string("e_floor", None, "chinchilla: lower bound on E: 'auto' (the "
+                               "runs' known loss floor, e.g. the synthetic corpus's entropy) "
+                               "or a number in nats/token. Default: unbounded (but checked).")
+_STRICT = flags.DEFINE_bool("strict", False, "Exit 3 unless every fit's quality is ok.")
 _OUT = flags.DEFINE_string("out", None, "Output directory for fit.json and plots.")
 _WHERE = flags.DEFINE_multi_string("where", [], "Row filter COLUMN=VALUE (= != < <= > >=).")
 _GROUP_BY = flags.DEFINE_string("group_by", None, "Fit one law per value of this column.")
 _STATUS = flags.DEFINE_string("status", "done", "Store runs to use, by summary status "
                               "(comma-separated; empty for all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
-_HOLDOUT = flags.DEFINE_float("holdout_fraction", 0.2, "Share of highest-compute runs held "
-                              "out for the extrapolation check.")
+_HOLDOUT = flags.DEFINE_float("holdout_fraction", 0.2, "Share of runs held out for the "
+                              "extrapolation check (whole largest budgets, never split).")
 _TAU = flags.DEFINE_float("tau", 0.98, "Quantile of the frontier law.")
 _IRREDUCIBLE = flags.DEFINE_bool("irreducible", True, "kaplan: fit an irreducible loss term.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write PNG plots next to fit.json.")
@@ -47,6 +58,11 @@ def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
   runs = store_lib.load(store)
   if status and "status" in runs:
     wanted = [s.strip() for s in status.split(",") if s.strip()]
+    skipped = runs[~runs["status"].astype(str).isin(wanted)]
+    if len(skipped):
+      store_lib.warn(f"using {len(runs) - len(skipped)} of {len(runs)} runs with status "
+                     f"{'|'.join(wanted)}; skipped: " + ", ".join(
+                         f"{r} ({s})" for r, s in zip(skipped["run_id"], skipped["status"])))
     runs = runs[runs["status"].astype(str).isin(wanted)]
   if law != "envelope":
     return runs, points_lib.STORE_COLUMNS
@@ -69,7 +85,8 @@ def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), gr
             "versions": fitting.library_versions()}
   if group_by is None:
     points = points_lib.from_frame(frame, mapping)
-    result = {**header, **fitting.fit_points(points, law, options)}
+    result = {**header, **fitting.fit_points(points, law, options),
+              **base_config(store, points)}
     plotted = {"": (result, points)}
   else:
     if group_by not in frame:
@@ -79,19 +96,39 @@ def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), gr
     for value, rows in sorted(frame.groupby(group_by, dropna=False), key=lambda kv: str(kv[0])):
       try:
         points = points_lib.from_frame(rows, mapping)
-        groups[str(value)] = fitting.fit_points(points, law, options)
+        groups[str(value)] = {**fitting.fit_points(points, law, options),
+                              **base_config(store, points)}
       except ValueError as err:
         raise ValueError(f"{group_by}={value}: {err}") from err
       plotted[str(value)] = (groups[str(value)], points)
+    qualities = [g["quality"] for g in groups.values()]
     result = {**header, "group_by": group_by, "groups": groups,
+              "quality": max(qualities, key=("ok", "info", "warn", "degenerate").index),
               "n_points": sum(g["n_points"] for g in groups.values()),
               "n_dropped": sum(g["n_dropped"] for g in groups.values())}
-  write_json_atomic(os.path.join(out, "fit.json"), result)
+  files = [os.path.join(out, "fit.json")]
   if plots:
     from sweeps import plot  # matplotlib only when plotting
+    os.makedirs(out, exist_ok=True)
     for name, (fit_obj, points) in plotted.items():
-      plot.write_plots(out, fit_obj, points, prefix=f"{name}_" if name else "")
+      files += plot.write_plots(out, fit_obj, points, prefix=f"{name}_" if name else "")
+  result["files"] = files
+  write_json_atomic(os.path.join(out, "fit.json"), result)
   return result
+
+
+def base_config(store, points) -> dict:
+  """The resolved config of the fit's largest-compute run ({dotted key: value}), so a
+  prescription keeps the fitted runs' vocabulary, sequence length, attention and data."""
+  if store is None:
+    return {}
+  largest = points.run_id[int(np.argmax(points.C))]
+  path = os.path.join(store, str(largest), "config.json")
+  try:
+    with open(path) as f:
+      return {"base_config": flatten(json.load(f)), "base_run": str(largest)}
+  except (OSError, ValueError, AttributeError):
+    return {}
 
 
 def format_table(result: dict) -> str:
@@ -107,9 +144,23 @@ def format_table(result: dict) -> str:
   rows = [[""] + list(groups)] + [[k] + [cell(g, k) for g in groups.values()] for k in keys]
   rows.append(["n_points"] + [str(g["n_points"]) for g in groups.values()])
   rows.append(["extrap. mean |rel err|"] + [
-      _cell(g["extrapolation"].get("mean_abs_relative_error"), None) for g in groups.values()])
+      _cell(g["extrapolation"].get("mean_abs_relative_error"), None)
+      if g["extrapolation"].get("assessed") else "not assessed" for g in groups.values()])
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def format_diagnostics(result: dict) -> str:
+  """QUALITY line(s) and one line per diagnostic above info, worst first."""
+  groups = result.get("groups") or {"": result}
+  lines = []
+  for name, g in groups.items():
+    label = f" [{result['group_by']}={name}]" if name else ""
+    lines.append(f"QUALITY{label}: {g['quality'].upper()}")
+    for d in sorted(g["diagnostics"], key=lambda d: -("info", "warn", "degenerate")
+                    .index(d["level"])):
+      lines.append(f"  {d['level'].upper():<10} {d['code']}: {d['message']}")
+  return "\n".join(lines)
 
 
 def _cell(value, interval) -> str:
@@ -125,9 +176,15 @@ def main(argv):
   del argv
   if _OUT.value is None:
     raise app.UsageError("--out=DIR is required")
+  e_floor = _E_FLOOR.value
+  if e_floor not in (None, "auto"):
+    try:
+      e_floor = float(e_floor)
+    except ValueError:
+      raise app.UsageError(f"--e_floor={e_floor!r}: use 'auto' or a number (nats/token)")
   options = fitting.FitOptions(bootstrap=_BOOTSTRAP.value, seed=_SEED.value,
                                holdout_fraction=_HOLDOUT.value, tau=_TAU.value,
-                               irreducible=_IRREDUCIBLE.value)
+                               irreducible=_IRREDUCIBLE.value, e_floor=e_floor)
   try:
     result = run(store=_STORE.value, csv=_CSV.value, law=_LAW.value, out=_OUT.value,
                  columns=_COLUMNS.value, where=_WHERE.value, group_by=_GROUP_BY.value,
@@ -135,9 +192,13 @@ def main(argv):
   except ValueError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
-  print(f"{_LAW.value} fit ({result['n_points']} points, {result['n_dropped']} dropped) -> "
-        f"{os.path.join(_OUT.value, 'fit.json')}")
+  print(f"{_LAW.value} fit: {result['n_points']} points, {result['n_dropped']} dropped")
+  print(format_diagnostics(result))
   print(format_table(result))
+  print("wrote:\n" + "\n".join(f"  {path}" for path in result["files"]))
+  if _STRICT.value and result["quality"] != "ok":
+    print(f"--strict: quality is {result['quality']}, not ok", file=sys.stderr)
+    sys.exit(3)
 
 
 if __name__ == "__main__":

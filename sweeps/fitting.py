@@ -1,4 +1,4 @@
-"""One fit, end to end: point estimate, bootstrap intervals, extrapolation check.
+"""One fit, end to end: point estimate, bootstrap intervals, extrapolation check, diagnostics.
 
 Produces the JSON-ready object that fit.json holds per group (DESIGN.md, Public contract).
 """
@@ -9,14 +9,17 @@ import warnings
 
 import numpy as np
 
-from sweeps import laws, points as points_lib
+from sweeps import diagnostics, laws, points as points_lib
+
+MIN_HELDOUT_POINTS = 3  # fewer held-out points cannot tell a miss from noise
 
 
 @dataclasses.dataclass(frozen=True)
 class FitOptions:
-  bootstrap: int = 0  # resamples of runs (with replacement); 0 = no intervals
+  bootstrap: int = 200  # resamples of runs (with replacement); 0 = no intervals
   seed: int = 0
-  holdout_fraction: float = 0.2  # highest-compute runs held out for the extrapolation check
+  holdout_fraction: float = 0.2  # share of runs (whole largest budgets) held out
+  e_floor: object = None  # chinchilla: lower bound on E: a number, "auto" (the runs' floor)
   level: float = 0.95  # interval coverage
   tau: float = 0.98  # frontier quantile
   irreducible: bool = True  # kaplan: fit an irreducible loss term E_X
@@ -60,7 +63,10 @@ def fit_points(points: points_lib.Points, law_name: str, options: FitOptions) ->
   result = law.fit(points, options)
   out = {"law": law_name, **_public(result), "n_points": len(points),
          "n_runs": int(len(np.unique(points.run_id))), "n_dropped": points.n_dropped,
-         "n_kind": points.n_kind, "input_hash": points.input_hash()}
+         "dropped": [list(d) for d in points.dropped], "n_kind": points.n_kind,
+         "loss_floor": points.floor, "input_hash": points.input_hash(),
+         "data_range": {k: [float(getattr(points, k).min()), float(getattr(points, k).max())]
+                        for k in ("N", "D", "C")}}
   if options.bootstrap > 0:
     weights_RN = run_weights(points.run_id, options.bootstrap, options.seed)
     samples = law.bootstrap(points, options, result, weights_RN)
@@ -73,18 +79,34 @@ def fit_points(points: points_lib.Points, law_name: str, options: FitOptions) ->
     keys = list(result["params"]) + list(result.get("derived", {}))
     out["intervals"] = {k: [float("nan"), float("nan")] for k in keys}
   out["extrapolation"] = extrapolation(points, law, options)
+  out["diagnostics"] = diagnostics.check(out, points, law, options)
+  out["quality"] = diagnostics.quality(out["diagnostics"])
   return out
 
 
 def extrapolation(points, law, options) -> dict:
-  """Refits without the top `holdout_fraction` of runs by compute and predicts them."""
-  kept, held = points_lib.holdout_split(points, options.holdout_fraction)
+  """Refits without the largest FLOP budgets (whole budgets, never split) and predicts them.
+
+  Says "not assessed" with the reason when the held-out set is too small or the refit
+  cannot be made, never a silent null."""
+  split = getattr(law, "holdout_split", None) or (
+      lambda p, f: points_lib.holdout_split(p, f, MIN_HELDOUT_POINTS))
+  kept, held = split(points, options.holdout_fraction)
   base = {"holdout_fraction": options.holdout_fraction,
-          "n_heldout_runs": int(len(np.unique(points.run_id[held])))}
+          "n_heldout_runs": int(len(np.unique(points.run_id[held]))),
+          "n_heldout_points": int(held.sum()),
+          "heldout_C": sorted({float(f"{c:.3g}") for c in points.C[held]})}
+  not_assessed = lambda why: {**base, "assessed": False, "reason": why}
+  if not held.any():
+    return not_assessed("holding out the largest budget(s) would leave too little to fit "
+                        f"({int(len(np.unique(points.run_id)))} runs)")
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       train = law.fit(points.subset(kept), options)
   except ValueError as err:  # too few runs left to fit: report why instead of failing
-    return {**base, "error": str(err)}
-  return {**base, **law.extrapolate(train, points.subset(held))}
+    return not_assessed(f"the refit without the held-out runs failed: {err}")
+  result = law.extrapolate(train, points.subset(held))
+  if "error" in result:
+    return not_assessed(result.pop("error"))
+  return {**base, "assessed": True, **result}

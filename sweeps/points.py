@@ -14,11 +14,16 @@ import numpy as np
 import pandas as pd
 
 KEYS = ("N", "D", "C", "loss", "run_id")
-STORE_COLUMNS = {"N": "params", "D": "tokens", "C": "flops", "loss": "final_loss",
+# The held-out eval loss by default: the last training batch's loss is one noisy batch.
+STORE_COLUMNS = {"N": "params", "D": "tokens", "C": "flops", "loss": "eval_loss",
                  "run_id": "run_id"}
 CURVE_COLUMNS = {"N": "params", "D": "tokens", "C": "flops", "loss": "loss", "run_id": "run_id"}
 CSV_COLUMNS = {"N": "N", "D": "D", "C": "C", "loss": "loss", "run_id": "run_id"}
 MIN_POINTS = 5
+# Known lower bounds on the loss, read from the runs when present (synthetic corpus): the
+# best achievable mean loss over a window, else the source's entropy rate.
+FLOOR_COLUMNS = ("data_min_loss", "data_entropy_rate")
+BUCKET_DECADES = 0.05  # runs whose log10 C are closer than this share a FLOP budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +35,8 @@ class Points:
   run_id: np.ndarray  # str; several points may share a run (loss curves)
   n_dropped: int = 0
   n_kind: str = "params"  # which parameter count N is
+  floor: float | None = None  # a known lower bound on the loss (nats/token), if any
+  dropped: tuple = ()  # (run_id, reason) of each dropped row
 
   def __len__(self):
     return len(self.N)
@@ -122,30 +129,69 @@ def from_frame(frame: pd.DataFrame, columns: dict, *, n_kind: str = "",
       if new.any():
         reasons[why] = int(new.sum())
       bad |= mask
+  dropped = []
+  for key, x in (("N", n), ("D", d), ("C", c), ("loss", loss)):
+    for i in np.flatnonzero(~(np.isfinite(x) & (x > 0))):
+      if all(r != run_id[i] for r, _ in dropped):
+        dropped.append((str(run_id[i]), f"{names[key] or key} = {x[i]}"))
   if reasons:
     _warn(f"dropped {int(bad.sum())} of {len(frame)} rows: "
-          + ", ".join(f"{v} with {k}" for k, v in reasons.items()))
+          + ", ".join(f"{v} with {k}" for k, v in reasons.items()) + " ("
+          + ", ".join(f"{r}: {why}" for r, why in dropped[:10])
+          + (" ..." if len(dropped) > 10 else "") + ")")
   keep = ~bad
   if keep.sum() < min_points:
     raise ValueError(f"only {int(keep.sum())} usable row(s) (of {len(frame)}); a fit needs at "
                      f"least {min_points} with positive, finite N, D (or C) and loss")
+  floor = None
+  for column in FLOOR_COLUMNS:
+    if column in frame:
+      values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)[keep]
+      if np.isfinite(values).any():
+        floor = float(np.nanmin(values))
+        break
   n, d, c, loss, run_id = n[keep], d[keep], c[keep], loss[keep], run_id[keep]
   order = np.lexsort((run_id, loss, d, n, c))  # canonical: input order must not matter
   return Points(N=n[order], D=d[order], C=c[order], loss=loss[order], run_id=run_id[order],
-                n_dropped=int(bad.sum()), n_kind=n_kind or names["N"])
+                n_dropped=int(bad.sum()), n_kind=n_kind or names["N"], floor=floor,
+                dropped=tuple(dropped))
 
 
-def holdout_split(points: Points, fraction: float = 0.2):
-  """(kept, held-out) masks: the held-out runs are the top `fraction` by compute (>= 1 run).
+def buckets(c) -> np.ndarray:
+  """FLOP-budget index per value, ascending: a budget holds the values within BUCKET_DECADES
+  of its smallest (not chained, so continuously spread C still splits into narrow bins)."""
+  z = np.log10(np.asarray(c, np.float64))
+  order = np.argsort(z, kind="stable")
+  labels = np.empty(len(z), int)
+  label, start = -1, -np.inf
+  for i in order:
+    if z[i] - start > BUCKET_DECADES:
+      label, start = label + 1, z[i]
+    labels[i] = label
+  return labels
 
-  Runs are ranked by their largest C, so all points of a held-out run leave together.
-  """
+
+def run_budgets(points: Points):
+  """(runs, inverse, budget per run): each run is placed by its largest C, so a run's loss
+  curve and a budget's runs always stay together."""
   runs, inverse = np.unique(points.run_id, return_inverse=True)
   run_c = np.zeros(len(runs))
   np.maximum.at(run_c, inverse, points.C)
-  n_out = max(1, int(round(fraction * len(runs))))
-  order = np.lexsort((runs, run_c))
+  return runs, inverse, buckets(run_c)
+
+
+def holdout_split(points: Points, fraction: float = 0.2, min_points: int = 3):
+  """(kept, held-out) masks holding out whole FLOP budgets, largest first, until the held-out
+  set has >= `fraction` of the runs and >= `min_points` points. A budget is never split
+  between the two sets. Held-out is empty when nothing would be left to fit."""
+  runs, inverse, budget_U = run_budgets(points)
+  want_runs = max(1, int(round(fraction * len(runs))))
   held_runs = np.zeros(len(runs), bool)
-  held_runs[order[-n_out:]] = True
+  for g in sorted(set(budget_U.tolist()), reverse=True):
+    if held_runs.sum() >= want_runs and held_runs[inverse].sum() >= min_points:
+      break
+    held_runs |= budget_U == g
   held = held_runs[inverse]
+  if held.all():
+    held[:] = False
   return ~held, held

@@ -32,7 +32,7 @@ def run_dirs(store: str) -> list[str]:
                 if e.is_dir() and os.path.exists(os.path.join(e.path, "config.json")))
 
 
-def _warn(message: str):
+def warn(message: str):
   logging.warning(message)
   warnings.warn(message, stacklevel=3)
 
@@ -66,10 +66,10 @@ def load(store: str) -> pd.DataFrame:
     row["run_id"] = run_id
     rows.append(row)
   if unreadable:
-    _warn(f"skipped {len(unreadable)} run(s) with unreadable config/summary JSON: "
+    warn(f"skipped {len(unreadable)} run(s) with unreadable config/summary JSON: "
           f"{', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}")
   if no_summary:
-    _warn(f"{no_summary} run(s) have no summary.json (status 'unknown')")
+    warn(f"{no_summary} run(s) have no summary.json (status 'unknown')")
   frame = pd.DataFrame(rows)
   for key in SUMMARY_KEYS + ("run_id",):
     if key not in frame:
@@ -92,7 +92,7 @@ def curves(store: str) -> pd.DataFrame:
       frame.insert(0, "run_id", os.path.basename(path))
       frames.append(frame)
   if bad_total:
-    _warn(f"skipped {bad_total} malformed metrics line(s) in {bad_runs} run(s)")
+    warn(f"skipped {bad_total} malformed metrics line(s) in {bad_runs} run(s)")
   columns = ["run_id", "step", "tokens", "flops", "loss", "eval_loss"]
   if not frames:
     return pd.DataFrame(columns=columns)

@@ -3,6 +3,9 @@
 Fitted exactly as the paper: minimise the sum over points of
 Huber_delta(LSE(a - alpha log N, b - beta log D, e) - log L), delta = 1e-3, with L-BFGS from
 the published grid of 4,500 starts; the best final objective wins. E = e^e, A = e^a, B = e^b.
+
+With a known loss floor E0 (an exact entropy rate), `FitOptions(e_floor=E0)` bounds E >= E0
+by writing E = E0 + e^e: the objective is unchanged in form and stays smooth.
 """
 import itertools
 
@@ -15,6 +18,7 @@ from sweeps import lbfgs
 NAME = "chinchilla"
 DELTA = 1e-3
 PARAMS = ("E", "A", "B", "alpha", "beta")
+MIN_POINTS_PER_PARAM = 2  # below this the fit is refused: 5 parameters need >= 10 points
 DERIVED = ("a", "b", "G")
 BOOTSTRAP_STARTS = 4  # distinct local minima of the full fit that seed each bootstrap refit
 POLISH = 16  # float32 endpoints polished in float64
@@ -29,23 +33,35 @@ def start_grid() -> np.ndarray:
 
 
 def objective(theta_P, data, weights_N):
-  log_n, log_d, log_loss = data
+  log_n, log_d, log_loss, floor_N = data
   a, b, e, alpha, beta = theta_P
   # LSE of three terms written out: the exponents stay far below overflow on the grid, and
-  # this costs two exps and a log per point (the fit's whole cost).
-  pred = jnp.log(jnp.exp(a - alpha * log_n) + jnp.exp(b - beta * log_d) + jnp.exp(e))
+  # this costs two exps and a log per point (the fit's whole cost). floor_N is E0 (or 0).
+  pred = jnp.log(jnp.exp(a - alpha * log_n) + jnp.exp(b - beta * log_d) + jnp.exp(e)
+                 + floor_N)
   return jnp.sum(weights_N * optax.losses.huber_loss(pred, log_loss, delta=DELTA))
 
 
-def _data(points):
+def e_floor(points, options) -> float:
+  """The lower bound on E the fit uses: options.e_floor (a number, or "auto" for the floor
+  the runs carry), else 0."""
+  value = getattr(options, "e_floor", None)
+  if value == "auto":
+    return float(points.floor or 0.0)
+  return float(value or 0.0)
+
+
+def _data(points, floor=0.0):
   n_pad = lbfgs.pad_length(len(points))
   pad = lambda x: np.concatenate([x, np.full(n_pad - len(x), x[0])])
-  return tuple(pad(np.log(x)) for x in (points.N, points.D, points.loss)), n_pad
+  logs = tuple(pad(np.log(x)) for x in (points.N, points.D, points.loss))
+  return logs + (np.full(n_pad, floor),), n_pad
 
 
-def _named(theta_RP) -> dict:
+def _named(theta_RP, floor=0.0) -> dict:
   a, b, e, alpha, beta = np.moveaxis(np.asarray(theta_RP, np.float64), -1, 0)
-  values = {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
+  values = {"E": floor + np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha,
+            "beta": beta}
   values.update(derive(values))
   return values
 
@@ -82,7 +98,14 @@ def _distinct(theta_SP, value_S, k):
 
 
 def fit(points, options=None) -> dict:
-  data, n_pad = _data(points)
+  need = MIN_POINTS_PER_PARAM * len(PARAMS)
+  if len(points) < need:
+    raise ValueError(f"Approach 3 fits {len(PARAMS)} parameters (E, A, B, alpha, beta) and "
+                     f"needs >= {need} points ({MIN_POINTS_PER_PARAM} per parameter); got "
+                     f"{len(points)}. Add runs, or fit fewer parameters (--law=isoflop or "
+                     "--law=kaplan).")
+  floor = e_floor(points, options)
+  data, n_pad = _data(points, floor)
   weights_RN = np.zeros((1, n_pad))
   weights_RN[0, :len(points)] = 1.0
   theta_RP, value_R, search_RSP, search_RS = lbfgs.search_then_polish(
@@ -90,7 +113,7 @@ def fit(points, options=None) -> dict:
   if not np.isfinite(value_R[0]):
     raise ValueError("the Chinchilla fit found no finite objective from any of the 4,500 "
                      "starts; check that loss values are on a natural-log scale (nats/token)")
-  named = _named(theta_RP[0])
+  named = _named(theta_RP[0], floor)
   params = {k: float(named[k]) for k in PARAMS}
   residuals = np.log(predict(params, points.N, points.D)) - np.log(points.loss)
   return {
@@ -100,21 +123,24 @@ def fit(points, options=None) -> dict:
       "residuals": residuals.tolist(),
       "method": ("Hoffmann et al. 2022 Approach 3: sum of Huber(delta=1e-3) on log L, "
                  "optax L-BFGS from the 4,500-start grid (all starts in float32, best "
-                 f"{POLISH} polished in float64), best objective kept"),
+                 f"{POLISH} polished in float64), best objective kept"
+                 + (f"; E bounded below by the known floor {floor:.4g}" if floor else "")),
+      "e_floor": floor or None,
       "_starts": _distinct(search_RSP[0], search_RS[0], BOOTSTRAP_STARTS),
   }
 
 
 def bootstrap(points, options, result, weights_RN) -> dict:
   """Refits each resample from the full fit's best distinct local minima."""
-  data, n_pad = _data(points)
+  floor = e_floor(points, options)
+  data, n_pad = _data(points, floor)
   r = weights_RN.shape[0]
   padded_RN = np.zeros((r, n_pad))
   padded_RN[:, :weights_RN.shape[1]] = weights_RN
   starts_RSP = np.broadcast_to(result["_starts"], (r,) + result["_starts"].shape)
   theta_RP, value_R, _, _ = lbfgs.search_then_polish(objective, starts_RSP, data, padded_RN,
                                                      keep=BOOTSTRAP_STARTS)
-  named = _named(theta_RP)
+  named = _named(theta_RP, floor)
   return {k: np.where(np.isfinite(value_R), v, np.nan) for k, v in named.items()}
 
 

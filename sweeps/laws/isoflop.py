@@ -1,26 +1,20 @@
 """Chinchilla Approach 2 (IsoFLOP): per FLOP budget, a parabola of loss in log N; power laws
 N_opt = N_coef * C^a and D_opt = D_coef * C^b through the parabolas' minima.
 
-Runs are grouped into budgets by log10 C (runs within BUCKET_DECADES of their neighbour share
-a budget). D_opt at a budget is C / (6 N_opt), the convention of the paper. The minima's
-losses also give L_opt = loss_coef * C^loss_exp, used for prescriptions.
+Runs are grouped into budgets by log10 C (points.buckets). A budget counts only if it
+brackets its minimum (the parabola opens upward, its vertex lies inside the sampled sizes and
+the lowest loss is not at an end); the others are dropped and named, as Porian et al. do.
+D_opt at a budget is C / (6 N_opt), the convention of the paper. The minima's losses also give
+L_opt = loss_E + loss_coef * C^loss_exp (powerlaw.loss_floor picks loss_E), for prescriptions.
 """
 import numpy as np
 
+from sweeps import points as points_lib
 from sweeps.laws import powerlaw
 
 NAME = "isoflop"
-BUCKET_DECADES = 0.05
-
-
-def buckets(c) -> np.ndarray:
-  """Bucket index per point: consecutive log10 C values closer than BUCKET_DECADES join."""
-  z = np.log10(c)
-  order = np.argsort(z, kind="stable")
-  gaps = np.diff(z[order]) > BUCKET_DECADES
-  labels = np.empty(len(z), int)
-  labels[order] = np.concatenate([[0], np.cumsum(gaps)])
-  return labels
+BUCKET_DECADES = points_lib.BUCKET_DECADES
+buckets = points_lib.buckets
 
 
 def _minima(points, weights_RN):
@@ -37,45 +31,101 @@ def _minima(points, weights_RN):
   hi = np.array([x[bucket == g].max() for g in range(n_buckets)])
   # A minimum only counts if the parabola opens upward and its vertex lies inside the sampled
   # sizes: outside, the budget did not bracket the optimum.
-  valid = (p2 > 0) & (x_opt >= lo) & (x_opt <= hi)
+  valid = (p2 > 0) & (x_opt >= lo) & (x_opt <= hi) & interior_minimum(points, weights_RN)
   x_opt = np.where(valid, x_opt, np.nan)
   loss_min = np.where(valid, p0 + p1 * x_opt + p2 * x_opt ** 2, np.nan)
   return c_g, x_opt, loss_min, coef_RG3
 
 
-def _laws(c_g, x_opt_RG, loss_min_RG) -> dict:
+def interior_minimum(points, weights_RN):
+  """[R, G]: the budget's lowest-loss size (among runs weighted in) is not its smallest or
+  largest size: there are sizes on both sides of the minimum."""
+  bucket = buckets(points.C)
+  out = np.zeros((weights_RN.shape[0], bucket.max() + 1), bool)
+  for g in range(bucket.max() + 1):
+    sel = np.flatnonzero(bucket == g)
+    for r, w in enumerate(weights_RN[:, sel]):
+      inside = sel[w > 0]
+      if len(np.unique(points.N[inside])) < 3:
+        continue
+      best = points.N[inside[np.argmin(points.loss[inside])]]
+      out[r, g] = points.N[inside].min() < best < points.N[inside].max()
+  return out
+
+
+def describe_budgets(points) -> list[dict]:
+  """Per budget (ascending C): C, runs, distinct sizes, whether it brackets its minimum, and
+  which end wins if not. The design check every isoFLOP analysis needs."""
+  c_g, x_opt, _, _ = _minima(points, np.ones((1, len(points))))
+  bucket = buckets(points.C)
+  out = []
+  for g, c in enumerate(c_g):
+    sel = bucket == g
+    sizes = np.unique(points.N[sel])
+    best = points.N[sel][np.argmin(points.loss[sel])]
+    where = ("smallest" if best == sizes.min() else "largest" if best == sizes.max()
+             else "interior")
+    out.append({"C": float(c), "runs": int(sel.sum()), "sizes": int(len(sizes)),
+                "bracketed": bool(np.isfinite(x_opt[0, g])), "best": where,
+                "N_range": [float(sizes.min()), float(sizes.max())]})
+  return out
+
+
+def _laws(c_g, x_opt_RG, loss_min_RG, loss_E=0.0) -> dict:
   n_opt_RG = np.exp(x_opt_RG)  # NaN where a budget has no interior minimum
-  return powerlaw.allocation_laws(c_g, n_opt_RG, c_g / (6 * n_opt_RG), loss_min_RG)
+  return powerlaw.allocation_laws(c_g, n_opt_RG, c_g / (6 * n_opt_RG), loss_min_RG, loss_E)
 
 
 allocation = powerlaw.allocation
+N_PARAMS = 2  # per budget the parabola's vertex, then a line through the vertices
 
 
 def fit(points, options=None) -> dict:
   c_g, x_opt, loss_min, coef = _minima(points, np.ones((1, len(points))))
   used = np.isfinite(x_opt[0])
   if used.sum() < 2:
-    raise ValueError(f"IsoFLOP needs >= 2 FLOP budgets whose parabola has its minimum inside "
-                     f"the sampled model sizes; found {int(used.sum())} of {len(c_g)} budgets "
-                     "(each needs >= 3 distinct N). Add model sizes around each optimum.")
-  laws = {k: float(v[0]) for k, v in _laws(c_g, x_opt, loss_min).items()}
+    bad = [f"C={b['C']:.3g} ({b['sizes']} sizes, lowest loss at the {b['best']})"
+           for b in describe_budgets(points) if not b["bracketed"]]
+    raise ValueError(f"IsoFLOP needs >= 2 FLOP budgets that bracket their loss minimum; "
+                     f"{int(used.sum())} of {len(c_g)} do. Not bracketed: {'; '.join(bad)}. "
+                     "Centre each budget's sizes on its optimum (sweeps.design.centered_isoflop) "
+                     "with sizes on both sides.")
+  loss_E, how = powerlaw.loss_floor(c_g, loss_min[0], points.floor)
+  laws = {k: float(v[0]) for k, v in _laws(c_g, x_opt, loss_min, loss_E).items()}
   params = {k: laws[k] for k in ("a", "b", "N_coef", "D_coef")}
   n_pred = params["N_coef"] * c_g[used] ** params["a"]
   return {
       "params": params,
-      "derived": {"loss_coef": laws["loss_coef"], "loss_exp": laws["loss_exp"]},
+      "derived": {k: laws[k] for k in ("loss_E", "loss_coef", "loss_exp")},
       "budgets": {"C": c_g.tolist(), "N_opt": np.exp(x_opt[0]).tolist(),
-                  "loss_min": loss_min[0].tolist(), "parabola": coef[0].tolist()},
+                  "loss_min": loss_min[0].tolist(), "parabola": coef[0].tolist(),
+                  "bracketed": used.tolist()},
       "residuals": (np.log(n_pred) - x_opt[0][used]).tolist(),
+      "loss_E_source": how,
       "method": ("Hoffmann et al. 2022 Approach 2: per FLOP budget (log10 C buckets of "
                  f"{BUCKET_DECADES} decades) a least-squares parabola of loss in log N; "
-                 "log-log least squares of the minima; D_opt = C / 6 N_opt"),
+                 "budgets without a bracketed minimum dropped; log-log least squares of the "
+                 "minima; D_opt = C / 6 N_opt; loss at the optimum L = loss_E + k C^loss_exp "
+                 f"(loss_E: {how})"),
   }
 
 
 def bootstrap(points, options, result, weights_RN) -> dict:
+  """Resamples runs; loss_E stays at the full fit's value (the profile is not refit)."""
   c_g, x_opt, loss_min, _ = _minima(points, weights_RN)
-  return _laws(c_g, x_opt, loss_min)
+  return _laws(c_g, x_opt, loss_min, result["derived"].get("loss_E", 0.0))
+
+
+def holdout_split(points, fraction=0.2):
+  """Holds out the largest bracketed budgets, whole (at least one, leaving >= 2 to fit)."""
+  c_g, x_opt, _, _ = _minima(points, np.ones((1, len(points))))
+  good = np.flatnonzero(np.isfinite(x_opt[0]))
+  n_out = max(1, int(round(fraction * len(good))))
+  bucket = buckets(points.C)
+  if len(good) - n_out < 2:
+    return np.ones(len(points), bool), np.zeros(len(points), bool)
+  held = np.isin(bucket, good[-n_out:])
+  return ~held, held
 
 
 def extrapolate(result, heldout) -> dict:

@@ -41,7 +41,7 @@ def test_chinchilla_objective_is_the_best_of_the_grid(chinchilla_fit, design):
   # Nudging the optimum in any direction must not lower the Huber objective.
   from sweeps.laws import chinchilla
   pts = points.from_frame(design, points.CSV_COLUMNS)
-  data = tuple(np.log(x) for x in (pts.N, pts.D, pts.loss))
+  data = tuple(np.log(x) for x in (pts.N, pts.D, pts.loss)) + (np.zeros(len(pts)),)
   p = chinchilla_fit["params"]
   theta = np.log([p["A"], p["B"], p["E"]]).tolist() + [p["alpha"], p["beta"]]
   best = float(chinchilla.objective(np.array(theta), data, np.ones(len(pts))))
@@ -84,7 +84,7 @@ def test_optimizer_is_deterministic_and_independent_of_lane_order(design):
   from sweeps.laws import chinchilla
   pts = points.from_frame(design, points.CSV_COLUMNS)
   starts = chinchilla.start_grid()[::150]  # 30 starts from across the grid
-  data = tuple(np.log(x) for x in (pts.N, pts.D, pts.loss))
+  data = tuple(np.log(x) for x in (pts.N, pts.D, pts.loss)) + (np.zeros(len(pts)),)
   weights = np.ones((1, len(pts)))
   solve = lambda s: lbfgs.minimize(chinchilla.objective, s[None], data, weights, max_iter=30)
   theta, value, _ = solve(starts)

@@ -1,0 +1,169 @@
+"""What a reviewer of a scaling-law paper checks, applied to every fit.
+
+`check(fit, points, options)` returns diagnostics, each `{code, level, message}` with level
+`info` | `warn` | `degenerate`; `quality(diagnostics)` is the worst level ("ok" when nothing
+is above info). Checks (Besiroglu et al. 2024; Porian et al. 2024; Epoch's notebooks):
+isoFLOP budgets that do not bracket their minimum, each named; exponents outside a plausible
+range or at the start grid's bound; E below a known floor of the loss, or vanishing; too few
+points per fitted parameter; an extrapolation check that could not be made or missed; wide
+or failed bootstrap intervals.
+"""
+import numpy as np
+
+from sweeps import points as points_lib
+
+LEVELS = ("info", "warn", "degenerate")
+# Exponents of the loss terms: below ~0.05 a term is flat; the 4,500-start grid tops at 2.
+LOSS_EXPONENT_RANGE = (0.05, 1.5)
+# Allocation exponent a (N_opt ~ C^a): published values 0.46-0.73 (Hoffmann; Kaplan; Porian).
+ALLOCATION_WARN = (0.3, 0.8)
+ALLOCATION_DEGENERATE = (0.1, 0.9)
+EXTRAPOLATION_WARN = {"loss": 0.02, "N_opt": 0.5}  # mean |relative error| on held-out runs
+WIDE_A_INTERVAL = 0.3  # 95% interval of a wider than this: the allocation is not measured
+FEW_POINTS_PER_PARAM = 3
+
+
+def diag(code, level, message, **extra) -> dict:
+  assert level in LEVELS, level
+  return {"code": code, "level": level, "message": message, **extra}
+
+
+def quality(diagnostics) -> str:
+  worst = max((LEVELS.index(d["level"]) for d in diagnostics), default=0)
+  return "ok" if worst == 0 else LEVELS[worst]
+
+
+def _budget_design(fit, points) -> list:
+  """Bracketing of each isoFLOP budget (>= 3 sizes); other data is not an isoFLOP grid."""
+  from sweeps.laws import isoflop
+  budgets = [b for b in isoflop.describe_budgets(points) if b["sizes"] >= 3]
+  if not budgets:
+    return [diag("not_isoflop", "info", "no FLOP budget has >= 3 model sizes: the design is "
+                 "not an isoFLOP grid, so bracketing of the optimum is not checked")]
+  out = []
+  bad = [b for b in budgets if not b["bracketed"]]
+  for b in bad:
+    out.append(diag("unbracketed_budget", "warn",
+                    f"budget C={b['C']:.3g}: {b['sizes']} sizes N={b['N_range'][0]:.3g}.."
+                    f"{b['N_range'][1]:.3g}, lowest loss at the {b['best']} size: the minimum is "
+                    "not bracketed" + (" (dropped from the fit)" if fit["law"] == "isoflop"
+                                       else ""), C=b["C"]))
+  good = len(budgets) - len(bad)
+  if good == 0:
+    out.append(diag("no_bracketed_budget", "degenerate",
+                    f"none of the {len(budgets)} isoFLOP budgets brackets its loss minimum: the "
+                    "compute-optimal size is not measured by these runs, so exponents and "
+                    "allocations are artefacts of the functional form. Centre the sizes on "
+                    "each budget's optimum (sweeps.design.centered_isoflop)."))
+  elif fit["law"] == "isoflop" and good < 3:
+    out.append(diag("few_budgets", "warn",
+                    f"only {good} budgets bracket their minimum: the allocation line has no "
+                    "degrees of freedom left to test its power-law form (use >= 3)"))
+  return out
+
+
+def _exponents(fit, options) -> list:
+  out = []
+  p = {**fit["params"], **fit.get("derived", {})}
+  if fit["law"] == "chinchilla":
+    lo, hi = LOSS_EXPONENT_RANGE
+    for key in ("alpha", "beta"):
+      if not lo <= p[key] <= hi:
+        out.append(diag("exponent_out_of_range", "degenerate",
+                        f"{key} = {p[key]:.3g} is outside the plausible range [{lo}, {hi}] "
+                        "(published LM fits: 0.28-0.37); the fit is not identified by the data",
+                        param=key))
+  if "a" in p and fit["law"] in ("chinchilla", "isoflop", "envelope"):
+    a = p["a"]
+    if not ALLOCATION_DEGENERATE[0] <= a <= ALLOCATION_DEGENERATE[1]:
+      out.append(diag("allocation_exponent", "degenerate",
+                      f"allocation exponent a = {a:.3g} (N_opt ~ C^a) is outside "
+                      f"{list(ALLOCATION_DEGENERATE)}; published values are 0.46-0.73",
+                      param="a"))
+    elif not ALLOCATION_WARN[0] <= a <= ALLOCATION_WARN[1]:
+      out.append(diag("allocation_exponent", "warn",
+                      f"allocation exponent a = {a:.3g} is outside {list(ALLOCATION_WARN)} "
+                      "(published values 0.46-0.73)", param="a"))
+  return out
+
+
+def _floor(fit, points) -> list:
+  if fit["law"] != "chinchilla":
+    return []
+  e = fit["params"]["E"]
+  out = []
+  floor = points.floor
+  if floor is not None:
+    hi = (fit.get("intervals", {}).get("E") or [None, None])[1]
+    if e < floor:
+      covered = hi is not None and np.isfinite(hi) and hi >= floor
+      out.append(diag("E_below_floor", "warn" if covered else "degenerate",
+                      f"E = {e:.4g} is below the loss floor {floor:.4g} nats/token the runs "
+                      "carry (the corpus's exact entropy): impossible for a true asymptote"
+                      + (" (its interval reaches the floor)" if covered else "")
+                      + "; refit with --e_floor=auto to bound E by it"))
+  if e < 0.02 * float(np.min(points.loss)):
+    out.append(diag("E_vanishing", "warn",
+                    f"E = {e:.3g} is ~0 against losses of {np.min(points.loss):.3g}: the fit "
+                    "found no irreducible loss, which real text always has; the power-law terms "
+                    "absorb it and their exponents are biased"))
+  return out
+
+
+def _points(fit, points, law) -> list:
+  k = len(getattr(law, "PARAMS", ())) if fit["law"] == "chinchilla" else 0
+  if k and len(points) < FEW_POINTS_PER_PARAM * k:
+    return [diag("few_points", "warn",
+                 f"{len(points)} points for {k} fitted parameters (< {FEW_POINTS_PER_PARAM} "
+                 "per parameter): intervals and extrapolation are fragile")]
+  return []
+
+
+def _extrapolation(fit) -> list:
+  ex = fit.get("extrapolation", {})
+  if ex.get("assessed") is False:
+    return [diag("extrapolation_not_assessed", "warn",
+                 f"extrapolation not assessed: {ex.get('reason')}")]
+  err = ex.get("mean_abs_relative_error")
+  limit = EXTRAPOLATION_WARN.get(ex.get("target"))
+  if err is not None and limit is not None and err > limit:
+    return [diag("extrapolation_error", "warn",
+                 f"refit without the largest budget(s) predicts their {ex['target']} with a "
+                 f"mean |relative error| of {err:.1%} (> {limit:.0%}): the law does not "
+                 "extrapolate within its own data")]
+  return []
+
+
+def _intervals(fit) -> list:
+  boot = fit.get("bootstrap")
+  if not boot:
+    return [diag("no_intervals", "warn", "no bootstrap intervals (--bootstrap=0): exponents "
+                 "are reported without uncertainty")]
+  out = []
+  if boot["failed"] > 0.1 * boot["resamples"]:
+    out.append(diag("bootstrap_failures", "warn",
+                    f"{boot['failed']} of {boot['resamples']} bootstrap refits failed "
+                    "(resamples that lost a budget's minimum or did not converge)"))
+  a = fit.get("intervals", {}).get("a")
+  if a and all(x is not None and np.isfinite(x) for x in a) and a[1] - a[0] > WIDE_A_INTERVAL:
+    out.append(diag("wide_interval", "warn",
+                    f"95% interval of a is [{a[0]:.3g}, {a[1]:.3g}]: the allocation exponent is "
+                    "not pinned down by these runs (add budgets or sizes)", param="a"))
+  return out
+
+
+def _dropped(points) -> list:
+  if not points.n_dropped:
+    return []
+  names = ", ".join(f"{r} ({why})" for r, why in points.dropped[:10])
+  return [diag("rows_dropped", "info", f"{points.n_dropped} row(s) dropped as unusable: {names}"
+               + (" ..." if len(points.dropped) > 10 else ""))]
+
+
+def check(fit, points: points_lib.Points, law, options) -> list:
+  out = []
+  if fit["law"] in ("chinchilla", "isoflop"):
+    out += _budget_design(fit, points)
+  out += _exponents(fit, options) + _floor(fit, points) + _points(fit, points, law)
+  out += _extrapolation(fit) + _intervals(fit) + _dropped(points)
+  return out
