@@ -392,6 +392,13 @@ def loss_vs_compute_figure(fit_obj: dict, points):
     ax.scatter(fitted.get("C", []), np.asarray(fitted.get("loss_min", []), float), marker="*",
                s=180, color="tab:red", edgecolors="black", zorder=4,
                label="per-budget parabola minima")
+  floor_key = {"chinchilla": "E", "kaplan": "E_C", "frontier": "floor"}.get(law, "loss_E")
+  floor = params.get(floor_key)
+  if floor is not None and np.isfinite(floor) and 0.3 * points.loss.min() <= floor \
+      <= points.loss.max():  # off scale (a degenerate fit) it is in the text box only
+    ax.axhline(floor, color="0.4", ls=":", lw=1.2,
+               label=("asymptote" if law == "frontier" else "irreducible loss")
+               + f" {_symbol(floor_key)} = {num(floor)}")
   ax.axvspan(c_lo, c_hi, color="tab:blue", alpha=0.05, lw=0, label=range_label)
   ax.set(xscale="log", xlabel=LABEL["C"], ylabel=LABEL["loss"],
          title=title(fit_obj, "loss vs compute"))
