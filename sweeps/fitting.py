@@ -35,12 +35,28 @@ def library_versions() -> dict:
   return versions
 
 
-def run_weights(run_id: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-  """Bootstrap weights_RN: resample runs with replacement; a point weighs its run's count."""
-  runs, inverse = np.unique(run_id, return_inverse=True)
+def run_weights(run_id: np.ndarray, resamples: int, seed: int, strata=None) -> np.ndarray:
+  """Bootstrap weights_RN: resample runs with replacement; a point weighs its run's count.
+
+  strata (one label per point, e.g. its FLOP budget): resample within each stratum, so every
+  resample keeps the design (each budget its number of runs), as an isoFLOP grid was run."""
+  runs, first, inverse = np.unique(run_id, return_index=True, return_inverse=True)
   rng = np.random.default_rng(seed)
-  counts_RU = rng.multinomial(len(runs), np.full(len(runs), 1 / len(runs)), size=resamples)
+  labels_U = np.zeros(len(runs), int) if strata is None else np.asarray(strata)[first]
+  counts_RU = np.zeros((resamples, len(runs)), np.int64)
+  for label in np.unique(labels_U):
+    members = np.flatnonzero(labels_U == label)
+    counts_RU[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)),
+                                            size=resamples)
   return counts_RU[:, inverse].astype(np.float64)
+
+
+def bootstrap_strata(points):
+  """FLOP budgets as strata when the data is an isoFLOP grid (every budget has >= 3 runs);
+  else None (plain resampling: a stratum of one run would never vary)."""
+  runs, inverse, budget_U = points_lib.run_budgets(points)
+  sizes = np.bincount(budget_U)
+  return budget_U[inverse] if len(sizes) > 1 and sizes.min() >= 3 else None
 
 
 def _intervals(samples: dict, level: float) -> dict:
@@ -68,12 +84,14 @@ def fit_points(points: points_lib.Points, law_name: str, options: FitOptions) ->
          "data_range": {k: [float(getattr(points, k).min()), float(getattr(points, k).max())]
                         for k in ("N", "D", "C")}}
   if options.bootstrap > 0:
-    weights_RN = run_weights(points.run_id, options.bootstrap, options.seed)
+    strata = bootstrap_strata(points)
+    weights_RN = run_weights(points.run_id, options.bootstrap, options.seed, strata)
     samples = law.bootstrap(points, options, result, weights_RN)
     failed = int(np.sum(~np.isfinite(np.asarray(next(iter(samples.values()))))))
     out["intervals"] = _intervals(samples, options.level)
     out["bootstrap"] = {"resamples": options.bootstrap, "failed": failed, "seed": options.seed,
                         "level": options.level,
+                        "stratified_by_budget": strata is not None,
                         "samples": {k: np.asarray(v, float).tolist() for k, v in samples.items()}}
   else:
     keys = list(result["params"]) + list(result.get("derived", {}))

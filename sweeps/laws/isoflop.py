@@ -17,8 +17,15 @@ BUCKET_DECADES = points_lib.BUCKET_DECADES
 buckets = points_lib.buckets
 
 
-def _minima(points, weights_RN):
-  """Per resample and budget: (C_G, log N_opt_RG, loss_min_RG); NaN where no valid minimum."""
+def _minima(points, weights_RN=None):
+  """Per resample and budget: (C_G, log N_opt_RG, loss_min_RG); NaN where no valid minimum.
+
+  Without weights (the fit itself) a budget must also have sampled sizes on both sides of
+  its lowest loss; a resample only needs its parabola's vertex inside its sizes (requiring
+  both sides there would drop most resamples of a 5-size budget and bias the interval)."""
+  strict = weights_RN is None
+  if strict:
+    weights_RN = np.ones((1, len(points)))
   bucket = buckets(points.C)
   n_buckets = bucket.max() + 1
   c_g = np.array([np.exp(np.mean(np.log(points.C[bucket == g]))) for g in range(n_buckets)])
@@ -31,7 +38,9 @@ def _minima(points, weights_RN):
   hi = np.array([x[bucket == g].max() for g in range(n_buckets)])
   # A minimum only counts if the parabola opens upward and its vertex lies inside the sampled
   # sizes: outside, the budget did not bracket the optimum.
-  valid = (p2 > 0) & (x_opt >= lo) & (x_opt <= hi) & interior_minimum(points, weights_RN)
+  valid = (p2 > 0) & (x_opt >= lo) & (x_opt <= hi)
+  if strict:
+    valid &= interior_minimum(points, weights_RN)
   x_opt = np.where(valid, x_opt, np.nan)
   loss_min = np.where(valid, p0 + p1 * x_opt + p2 * x_opt ** 2, np.nan)
   return c_g, x_opt, loss_min, coef_RG3
@@ -56,7 +65,7 @@ def interior_minimum(points, weights_RN):
 def describe_budgets(points) -> list[dict]:
   """Per budget (ascending C): C, runs, distinct sizes, whether it brackets its minimum, and
   which end wins if not. The design check every isoFLOP analysis needs."""
-  c_g, x_opt, _, _ = _minima(points, np.ones((1, len(points))))
+  c_g, x_opt, _, _ = _minima(points)
   bucket = buckets(points.C)
   out = []
   for g, c in enumerate(c_g):
@@ -81,7 +90,7 @@ N_PARAMS = 2  # per budget the parabola's vertex, then a line through the vertic
 
 
 def fit(points, options=None) -> dict:
-  c_g, x_opt, loss_min, coef = _minima(points, np.ones((1, len(points))))
+  c_g, x_opt, loss_min, coef = _minima(points)
   used = np.isfinite(x_opt[0])
   if used.sum() < 2:
     bad = [f"C={b['C']:.3g} ({b['sizes']} sizes, lowest loss at the {b['best']})"
@@ -118,7 +127,7 @@ def bootstrap(points, options, result, weights_RN) -> dict:
 
 def holdout_split(points, fraction=0.2):
   """Holds out the largest bracketed budgets, whole (at least one, leaving >= 2 to fit)."""
-  c_g, x_opt, _, _ = _minima(points, np.ones((1, len(points))))
+  c_g, x_opt, _, _ = _minima(points)
   good = np.flatnonzero(np.isfinite(x_opt[0]))
   n_out = max(1, int(round(fraction * len(good))))
   bucket = buckets(points.C)
@@ -130,7 +139,7 @@ def holdout_split(points, fraction=0.2):
 
 def extrapolate(result, heldout) -> dict:
   """Predicts the optimal N of the held-out budgets (those with a valid parabola there)."""
-  c_g, x_opt, _, _ = _minima(heldout, np.ones((1, len(heldout))))
+  c_g, x_opt, _, _ = _minima(heldout)
   ok = np.isfinite(x_opt[0])
   if not ok.any():
     return {"target": "N_opt", "error": "no held-out budget has a parabola with an interior "
