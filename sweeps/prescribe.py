@@ -8,10 +8,11 @@ steps = budget / (that shape's exact training FLOPs per token x batch x seq_len)
 config's FLOPs (models.flops) are within 10% of the budget (or the prescription fails).
 Everything but the shape and the steps comes from the runs the law was fitted on: fit.json's
 `base_config` (the largest-compute fitted run's resolved config) applied over the variant
-(fit.json's `config_spec`, else --variant, else `tiny`). Shapes keep that run's head_dim,
-heads/kv_heads and mlp_width/width ratios; among (width, depth) whose parameter count is
-within 1% of N_opt, the one nearest width/depth = ASPECT wins. The count matched is the one
-the fit used: total parameters for N = `params`, non-embedding for N = `params_non_embedding`.
+(--variant, else fit.json's `config_spec`, else `tiny`). Shapes keep that run's head_dim
+(at least), heads per kv head and mlp_width/width ratio, and trade the parameter count's
+distance from N_opt against the width/depth ratio's from that run's (ASPECT without one).
+The count matched is the one the fit used: total parameters for N = `params`, non-embedding
+for N = `params_non_embedding`.
 """
 import json
 import math
@@ -27,7 +28,8 @@ from models import layout
 from sweeps import allocation
 from sweeps.jsonio import strict_json
 
-ASPECT = 64  # width / depth of the preferred shape (Kaplan et al.: loss is flat near 50-100)
+ASPECT = 64  # width / depth preferred without a fitted run (Kaplan et al.: flat near 50-100)
+ASPECT_WEIGHT = 0.05  # score per unit |log(aspect / preferred)|, against |log(N / N_opt)|
 MAX_DEPTH = 256
 MIN_STEPS = 5  # below this, rounding steps alone can miss the budget by more than 10%
 TOLERANCE = 0.10  # |model FLOPs / budget - 1| allowed
@@ -114,45 +116,57 @@ def apply_base_config(variant_cfg, base_config):
   return config_lib.override(variant_cfg, applied), applied, notes
 
 
-def _set_shape(cfg, depth, units, kv_ratio, head_dim, mlp_ratio):
+def _width(i: int) -> int:
+  """The i-th width of the grid (i >= 1): multiples of 8 up to 1024, of 64 beyond."""
+  return 8 * i if i <= 128 else 1024 + 64 * (i - 128)
+
+
+def _set_shape(cfg, depth, width, kv_ratio, head_dim, mlp_ratio):
+  """Heads as the fitted run's family has them: width // head_dim (at least kv_ratio),
+  rounded down to a multiple of kv_ratio that divides width."""
   m = cfg.model
-  heads = units * kv_ratio
-  m.width, m.depth, m.heads, m.kv_heads, m.head_dim = heads * head_dim, depth, heads, units, \
-      head_dim
-  m.mlp_width = head_dim * max(1, round(mlp_ratio * m.width / head_dim))
+  heads = max(kv_ratio, (width // head_dim) // kv_ratio * kv_ratio)
+  while width % heads and heads > kv_ratio:
+    heads -= kv_ratio
+  if width % heads:
+    width = heads * math.ceil(width / heads)
+  m.depth, m.width, m.heads, m.kv_heads = depth, width, heads, heads // kv_ratio
+  m.head_dim = width // heads
+  m.mlp_width = 8 * max(1, round(mlp_ratio * width / 8))
 
 
-def model_shape(base, n_target: float, key: str):
-  """(cfg, count): the shape nearest n_target params that keeps base's head_dim, heads per
-  kv head and mlp ratio (width = heads x head_dim). Per depth, bisection on the head count
-  (the count grows with it); closest count first, among near ties (< 1%) the shape nearest
-  the aspect ratio ASPECT."""
+def model_shape(base, n_target: float, key: str, aspect: float = ASPECT):
+  """(cfg, count): the (width, depth) whose count is near n_target at a width/depth near
+  `aspect`, with base's head_dim (at least), heads per kv head and mlp ratio. Per depth,
+  bisection on the width grid (the count grows with width); the score trades the two:
+  a 2x departure from `aspect` costs as much as missing n_target by 3.5% (isoFLOP curves
+  are flat near their minimum; Kaplan et al. find loss within a few % over aspect 5-200)."""
   cfg = base.copy_and_resolve_references()
   m = cfg.model
   rules = (max(1, m.heads // m.kv_heads), layout.head_dim(m), m.mlp_width / m.width)
 
-  def count(depth, units):
-    _set_shape(cfg, depth, units, *rules)
+  def count(depth, i):
+    _set_shape(cfg, depth, _width(i), *rules)
     return flops_lib.count_params(cfg)[key]
 
   best = None
   for depth in range(1, MAX_DEPTH + 1):
     lo, hi = 1, 1
-    while count(depth, hi) < n_target and hi < 1 << 16:
+    while count(depth, hi) < n_target and hi < 1 << 14:
       hi *= 2
-    while lo < hi:  # smallest head count whose params reach n_target
+    while lo < hi:  # the smallest width whose count reaches n_target
       mid = (lo + hi) // 2
       lo, hi = (mid + 1, hi) if count(depth, mid) < n_target else (lo, mid)
-    for units in {max(1, lo - 1), lo}:
-      n = count(depth, units)
-      width = units * rules[0] * rules[1]
-      score = (round(abs(math.log(n / n_target)) / 0.01), abs(math.log(width / depth / ASPECT)))
+    for i in {max(1, lo - 1), lo}:
+      n = count(depth, i)
+      score = abs(math.log(n / n_target)) + ASPECT_WEIGHT * abs(
+          math.log(cfg.model.width / depth / aspect))
       if best is None or score < best[0]:
-        best = (score, depth, units, n)
+        best = (score, depth, i, n)
     if count(depth, 1) >= n_target:
       break  # deeper shapes only grow
-  _, depth, units, n = best
-  _set_shape(cfg, depth, units, *rules)
+  _, depth, i, n = best
+  _set_shape(cfg, depth, _width(i), *rules)
   return cfg, n
 
 
@@ -175,8 +189,8 @@ def _warnings(fit: dict, budget: float, n_model: float, n_opt: float) -> tuple:
   if quality not in (None, "ok", "info"):
     diagnostics = [d for d in fit.get("diagnostics") or [] if d.get("level") != "info"]
     codes = ", ".join(d.get("code", "?") for d in diagnostics) or "none listed"
-    out.append(f"the fit's quality is {quality!r} (diagnostics: {codes}); its prescription "
-               "may not mean anything")
+    out.append(f"the fit's quality is {quality!r} (diagnostics: {codes}): check them before "
+               "acting on this prescription")
     out += [f"{d.get('code', '?')}: {d.get('message', '')}" for d in diagnostics]
   if abs(n_model / n_opt - 1) > 0.1:
     out.append(f"the nearest realizable shape has {n_model:.4g} params, "
@@ -199,6 +213,11 @@ def resolve_base(top: dict, fit: dict, base=None, variant=None) -> tuple:
     spec = None  # a config given by the caller: its spec is unknown
   base_config = fit.get("base_config")
   cfg, applied, notes = apply_base_config(base, base_config)
+  partial = [k for k in ("model.width", "model.heads", "model.kv_heads", "model.mlp_width")
+             if base_config and k not in base_config]
+  if partial:
+    notes.append(f"base_config lacks {', '.join(partial)}: the shape's head_dim and ratios mix "
+                 "the fitted run's and the variant's values")
   base_overrides = {k: v for k, v in applied.items() if k not in SHAPE_KEYS + CONFIG_KEYS}
   if base_config:
     described = (f"{spec or 'the given config'} with the base_config of the largest-compute "
@@ -233,7 +252,10 @@ def prescribe(fit: dict, budget: float, base=None, group=None, *, batch_rule="fi
   if not (math.isfinite(n_opt) and n_opt > 0):
     raise ValueError(f"the {fit['law']} fit gives N_opt = {n_opt} at C = {budget:.3g}; its "
                      "parameters are not usable for a prescription (see its diagnostics)")
-  cfg, n_model = model_shape(cfg, n_opt, key)
+  fitted = fit.get("base_config") or {}
+  aspect = fitted["model.width"] / fitted["model.depth"] if fitted.get("model.width") and \
+      fitted.get("model.depth") else ASPECT
+  cfg, n_model = model_shape(cfg, n_opt, key, aspect)
   if batch_rule == "deepseek":
     cfg.batch_size = max(1, round(batch_tokens(budget) / cfg.seq_len))
   per_token = flops_lib.flops_per_token(cfg)
@@ -253,8 +275,8 @@ def prescribe(fit: dict, budget: float, base=None, group=None, *, batch_rule="fi
                      f"{budget:.3g} by {error:+.1%} (more than {TOLERANCE:.0%})")
   decades, warnings = _warnings(fit, budget, n_model, n_opt)
   rule_text = BATCH_RULES[batch_rule]
-  if batch_rule == "fitted" and not fit.get("base_config"):
-    rule_text = "the variant's batch (fit.json has no base_config: the fitted runs' is unknown)"
+  if batch_rule == "fitted" and "batch_size" not in (fit.get("base_config") or {}):
+    rule_text = "the variant's batch (fit.json records no fitted batch_size)"
   flat = config_lib.flatten(config_lib.to_dict(cfg))
   config = {k: flat[k] for k in SHAPE_KEYS + CONFIG_KEYS}
   return {
@@ -264,6 +286,7 @@ def prescribe(fit: dict, budget: float, base=None, group=None, *, batch_rule="fi
       "config": config, "config_spec": spec, "base": described,
       "base_overrides": base_overrides, "base_notes": notes,
       "batch_rule": batch_rule, "batch_rule_text": rule_text,
+      "aspect": {"preferred": float(aspect), "prescribed": cfg.model.width / cfg.model.depth},
       "params_counted": key, "model_params": int(n_model),
       "model_params_vs_N_opt": float(n_model / n_opt - 1),
       "tokens": int(tokens), "model_tokens_per_param": float(tokens / n_model),
@@ -299,7 +322,8 @@ def format_text(p: dict) -> str:
   lines.append(f"batch rule: {p['batch_rule']} = {p['batch_rule_text']}: batch "
                f"{p['config']['batch_size']} x {p['config']['seq_len']} tokens")
   lines.append(
-      f"config ({p['params_counted']} params {p['model_params']:.4g}, "
+      f"config ({p['params_counted']} params {p['model_params']:.4g}, width/depth "
+      f"{p['aspect']['prescribed']:.3g} (preferred {p['aspect']['preferred']:.3g}), "
       f"{p['model_params_vs_N_opt']:+.1%} vs N_opt; {p['config']['steps']} steps = "
       f"{p['tokens']:.4g} tokens, {p['model_tokens_per_param']:.3g} tokens/param; model FLOPs "
       f"{p['model_train_flops']:.4g} = budget {p['budget_error']:+.1%}):")

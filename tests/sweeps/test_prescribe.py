@@ -108,7 +108,8 @@ def test_base_config_comes_from_the_fitted_runs(tiny_fit):
   assert any("unknown.key" in note for note in p["base_notes"])
   # From the fitted run, not from the small variant (seq 256, batch 16, dense, head_dim 64).
   assert (c["seq_len"], c["batch_size"], c["attention.kind"]) == (64, 12, "linear")
-  assert c["model.head_dim"] == 16 and c["model.width"] == 16 * c["model.heads"]
+  assert c["model.head_dim"] >= 16 and c["model.width"] == c["model.head_dim"] * c["model.heads"]
+  assert p["aspect"]["preferred"] == 64 / 2  # the fitted run's width / depth
   assert c["model.heads"] == 2 * c["model.kv_heads"]
   assert c["model.mlp_width"] == 4 * c["model.width"]
   assert p["base_overrides"]["data.corpus"] == "synthetic"  # small reads pystdlib
