@@ -1,8 +1,8 @@
 """Prescribe, then verify: train the prescribed config and compare its loss with the law's.
 
   python -m sweeps.verify --fit=DIR/fit.json --budget=C --store=DIR [--launcher=local|slurm]
-      [--parallel=K] [--group=NAME] [--batch_rule=fitted|deepseek] [--seed=S] [--variant=V]
-      [--dry_run] [--format=text|json] [slurm flags of sweeps.launch]
+      [--group=NAME] [--batch_rule=fitted|deepseek] [--seed=S] [--variant=V] [--dry_run]
+      [--format=text|json] [slurm flags of sweeps.launch]
 
 The prescription (sweeps.prescribe) becomes a one-run sweep named "verify" (the fitted runs'
 config spec and base_config, the prescribed shape, batch and steps), trained through
@@ -34,13 +34,13 @@ from sweeps.jsonio import strict_json, write_json_atomic
 from sweeps.laws import chinchilla
 
 # --fit, --budget, --variant, --group, --batch_rule, --format are sweeps.prescribe's flags and
-# --launcher, --parallel, --rerun, --dry_run and the slurm flags are sweeps.launch's (absl
+# --launcher, --rerun, --dry_run and the slurm flags are sweeps.launch's (absl
 # flags are process-global). sweeps.fit owns another --seed (its bootstrap's): whichever module
 # loads last holds the name, and a process only ever runs one of the two mains.
 _SEED = flags.DEFINE_integer("seed", None, "verify: training seed of the run (default: the "
                              "fitted runs').", allow_override=True)
 for _name in ("fit", "budget", "store", "variant", "group", "batch_rule", "format", "launcher",
-              "parallel", "rerun", "dry_run", "stale_minutes", "pin", "partition", "account",
+              "rerun", "dry_run", "stale_minutes", "pin", "partition", "account",
               "nodes", "gpus_per_node", "cpus_per_run", "time_minutes", "poll_seconds"):
   flags.declare_key_flag(_name)  # listed by --helpshort beside --seed
 DEFAULT_LEVEL = 0.95
@@ -152,7 +152,7 @@ def assess(fit: dict, summary: dict, p: dict, column: str = "eval_loss") -> dict
 
 
 def verify(fit_path, budget, store, *, group=None, batch_rule="fitted", variant=None,
-           seed=None, launcher="local", parallel=1, rerun=rundir.DEFAULT_RERUN,
+           seed=None, launcher="local", rerun=rundir.DEFAULT_RERUN,
            stale_minutes=10.0, dry_run=False, out=sys.stdout, **launch_options) -> tuple:
   """(report or None for a dry run, exit status). Bad input raises ValueError."""
   if not store:
@@ -177,10 +177,11 @@ def verify(fit_path, budget, store, *, group=None, batch_rule="fitted", variant=
                     "of it will include this run; use a separate --store")
   if dry_run:
     print(prescribe.format_text(p), file=out)
-    launch_lib.launch(sweep, store, launcher, parallel, rerun, True, stale_minutes, out=out,
+    launch_lib.launch(sweep, store, launcher, 1, rerun, True, stale_minutes, out=out,
                       **launch_options)
     return None, 0
-  states = launch_lib.launch(sweep, store, launcher, parallel, rerun, False, stale_minutes,
+  # One run, so parallel=1: more slots would only pin it to a share of the CPUs.
+  states = launch_lib.launch(sweep, store, launcher, 1, rerun, False, stale_minutes,
                              out=sys.stderr, **launch_options)
   run_dir = os.path.join(store, run.run_id)
   summary = rundir.summary(run_dir)
@@ -240,7 +241,7 @@ def main(argv):
     return 2
   if not prescribe._FIT.value or prescribe._BUDGET.value is None or not sweep_flags.STORE.value:
     print("usage: python -m sweeps.verify --fit=DIR/fit.json --budget=FLOPS --store=DIR "
-          "[--launcher=local|slurm] [--parallel=K] [--group=NAME] [--batch_rule=...] "
+          "[--launcher=local|slurm] [--group=NAME] [--batch_rule=...] "
           "[--seed=S] [--dry_run]", file=sys.stderr)
     return 2
   try:
@@ -248,7 +249,7 @@ def main(argv):
         prescribe._FIT.value, prescribe._BUDGET.value, sweep_flags.STORE.value,
         group=prescribe._GROUP.value, batch_rule=prescribe._BATCH_RULE.value,
         variant=prescribe._VARIANT.value, seed=_SEED.value, launcher=launch_lib._LAUNCHER.value,
-        parallel=launch_lib._PARALLEL.value, rerun=rundir.parse_rerun(launch_lib._RERUN.value),
+        rerun=rundir.parse_rerun(launch_lib._RERUN.value),
         stale_minutes=launch_lib._STALE.value, dry_run=launch_lib._DRY_RUN.value,
         **launch_lib.flag_options())
   except ValueError as err:
