@@ -96,9 +96,10 @@ def fit(points, options=None) -> dict:
     bad = [f"C={b['C']:.3g} ({b['sizes']} sizes, lowest loss at the {b['best']})"
            for b in describe_budgets(points) if not b["bracketed"]]
     raise ValueError(f"IsoFLOP needs >= 2 FLOP budgets that bracket their loss minimum; "
-                     f"{int(used.sum())} of {len(c_g)} do. Not bracketed: {'; '.join(bad)}. "
-                     "Centre each budget's sizes on its optimum (sweeps.design.centered_isoflop) "
-                     "with sizes on both sides.")
+                     f"{int(used.sum())} of {len(c_g)} do. "
+                     + (f"Not bracketed: {'; '.join(bad)}. Centre each budget's sizes on its "
+                        "optimum (sweeps.design.centered_isoflop) with sizes on both sides."
+                        if bad else "Add FLOP budgets."))
   loss_E, how = powerlaw.loss_floor(c_g, loss_min[0], points.floor)
   laws = {k: float(v[0]) for k, v in _laws(c_g, x_opt, loss_min, loss_E).items()}
   params = {k: laws[k] for k in ("a", "b", "N_coef", "D_coef")}
