@@ -21,6 +21,7 @@ ALLOCATION_DEGENERATE = (0.1, 0.9)
 EXTRAPOLATION_WARN = {"loss": 0.02, "N_opt": 0.5}  # mean |relative error| on held-out runs
 WIDE_A_INTERVAL = 0.3  # 95% interval of a wider than this: the allocation is not measured
 FEW_POINTS_PER_PARAM = 3
+E_UNIDENTIFIED = 0.25  # E's interval reaching below this share of E: E is not measured
 
 
 def diag(code, level, message, **extra) -> dict:
@@ -102,6 +103,13 @@ def _floor(fit, points) -> list:
                       "carry (the corpus's exact entropy): impossible for a true asymptote"
                       + (" (its interval reaches the floor)" if covered else "")
                       + "; refit with --e_floor=auto to bound E by it"))
+  lo = (fit.get("intervals", {}).get("E") or [None, None])[0]
+  if lo is not None and np.isfinite(lo) and lo < E_UNIDENTIFIED * e:
+    out.append(diag("E_unidentified", "warn",
+                    f"E = {e:.3g} but its interval reaches {lo:.3g}: the runs do not reach "
+                    "far enough towards the asymptote to measure the irreducible loss, so "
+                    "loss predictions beyond the data are unreliable (the isoFLOP law's "
+                    "allocation does not need E)"))
   if e < 0.02 * float(np.min(points.loss)):
     out.append(diag("E_vanishing", "warn",
                     f"E = {e:.3g} is ~0 against losses of {np.min(points.loss):.3g}: the fit "
