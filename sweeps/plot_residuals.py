@@ -1,0 +1,89 @@
+"""The residuals figure: the fit's residuals against training FLOPs C with a zero line, in
+the units of what each law fitted (log loss for Approach 3 and Kaplan, loss for the frontier,
+log N_opt for the isoflop and envelope laws), coloured by FLOP budget like the IsoFLOP
+figure, with the RMS in the title. Residuals that cannot be matched to points are drawn by
+index, in fit.json order.
+"""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sweeps.laws import isoflop, kaplan  # noqa: E402
+from sweeps.plot_isoflop import (MAX_LEGEND_BUDGETS, _budget_colorbar, budget_label,  # noqa: E402
+                                 budgets, colors_for)
+from sweeps.plot_text import LABEL, title  # noqa: E402
+
+
+def _kaplan_groups(fit_obj, points):
+  """The residuals of a Kaplan fit are per variable, on that variable's loss frontier: the
+  points each belongs to (None when they cannot be matched)."""
+  sel = kaplan._selections(points, np.ones((1, len(points))))
+  idx = [(v, np.flatnonzero(s[0] > 0)) for v, (_, s) in sel.items()]
+  if sum(len(i) for _, i in idx) != len(fit_obj["residuals"]):
+    return None
+  return idx
+
+
+def residuals_figure(fit_obj: dict, points):
+  law = fit_obj["law"]
+  res = np.asarray([np.nan if v is None else v for v in fit_obj.get("residuals") or []], float)
+  fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")
+  ax.axhline(0, color="black", lw=0.9, zorder=1)
+  entries = budgets({"law": "plain"}, points)  # colours per budget
+  colors = colors_for(entries)
+  bucket = isoflop.buckets(points.C)
+  ylabel = "residual"
+  legend_budgets = len(entries) <= MAX_LEGEND_BUDGETS
+  if law == "chinchilla" and len(res) == len(points):
+    for b, (entry, color) in enumerate(zip(entries, colors)):
+      ax.scatter(points.C[bucket == b], res[bucket == b], s=22, color=color,
+                 label=budget_label(entry["C"]) if legend_budgets else None)
+    ylabel = "log L_pred − log L_obs\n(≈ relative loss error)"
+  elif law == "frontier" and len(res) == len(points):
+    for b, (entry, color) in enumerate(zip(entries, colors)):
+      ax.scatter(points.C[bucket == b], res[bucket == b], s=22, color=color,
+                 label=budget_label(entry["C"]) if legend_budgets else None)
+    ylabel = "L_obs − L_frontier (nats/token)"
+  elif law == "isoflop":
+    fitted = fit_obj.get("budgets") or {}
+    c_g = np.asarray(fitted.get("C") or [], float)
+    n_opt = np.asarray([np.nan if v is None else v for v in fitted.get("N_opt") or []], float)
+    used = np.isfinite(n_opt)
+    if used.sum() == len(res):
+      for g in np.flatnonzero(used):
+        b = int(np.argmin(np.abs(np.log10([e["C"] for e in entries]) - np.log10(c_g[g]))))
+        ax.scatter([c_g[g]], [res[list(np.flatnonzero(used)).index(g)]], s=50,
+                   color=colors[b], edgecolors="black", zorder=3,
+                   label=budget_label(c_g[g]) if legend_budgets else None)
+    ylabel = "log N_opt,law − log N_opt,parabola\n(≈ relative error of N_opt)"
+  elif law == "envelope":
+    env_c = np.asarray((fit_obj.get("envelope") or {}).get("C") or [], float)
+    if len(env_c) == len(res):
+      ax.scatter(env_c, res, s=10, color="tab:purple", label="envelope FLOP grid")
+    ylabel = "log N_opt,law − log N_opt,envelope\n(≈ relative error of N_opt)"
+  elif law == "kaplan":
+    groups = _kaplan_groups(fit_obj, points)
+    if groups is not None:
+      start = 0
+      for (variable, idx), marker in zip(groups, ("o", "s", "^")):
+        ax.scatter(points.C[idx], res[start:start + len(idx)], s=26, marker=marker,
+                   label=f"L({variable}), on its frontier")
+        start += len(idx)
+    ylabel = "log L_pred − log L_obs\n(≈ relative loss error)"
+  if not ax.collections:  # residuals we cannot place: by index, as the fit wrote them
+    ax.plot(res, "o", ms=4)
+    ax.set_xlabel("residual index (fit.json order)")
+  else:
+    ax.set_xscale("log")
+    ax.set_xlabel(LABEL["C"])
+  ax.set_ylabel(ylabel)
+  finite = res[np.isfinite(res)]
+  rms = f"RMS {np.sqrt(np.mean(finite ** 2)):.3g}" if finite.size else "no residuals"
+  ax.set_title(title(fit_obj, f"residuals ({rms})"))
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+  elif not legend_budgets and ax.collections:
+    _budget_colorbar(fig, ax, entries)
+  return fig
