@@ -64,12 +64,6 @@ def test_unknown_override_key_names_the_key_and_closest_valid_ones(tmp_path):
     plan.plan(plan.load_sweep(spec))
 
 
-def test_quickstart_spans_enough_compute():
-  runs = plan.plan(plan.load_sweep("sweeps/defs/quickstart.py"))
-  assert 6 <= len(runs) <= 8
-  assert define.log10_span([r.flops for r in runs]) >= 1.5
-
-
 def test_dry_run_plans_attention_scaling_without_importing_jax(tmp_path):
   start, cpu_start = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
   proc = subprocess.run(
