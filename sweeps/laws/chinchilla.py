@@ -22,6 +22,7 @@ MIN_POINTS_PER_PARAM = 2  # below this the fit is refused: 5 parameters need >= 
 DERIVED = ("a", "b", "G")
 BOOTSTRAP_STARTS = 4  # distinct local minima of the full fit that seed each bootstrap refit
 POLISH = 16  # float32 endpoints polished in float64
+REFIT_STARTS = 256  # distinct local minima of the full fit that seed its extrapolation refit
 
 
 def start_grid() -> np.ndarray:
@@ -97,7 +98,9 @@ def _distinct(theta_SP, value_S, k):
   return theta_SP[np.resize(picks, k)]  # repeat the best if fewer than k are distinct
 
 
-def fit(points, options=None) -> dict:
+def fit(points, options=None, starts=None) -> dict:
+  """starts: [S, 5] start set instead of the 4,500-start grid (the extrapolation refit uses
+  the full fit's best distinct local minima, REFIT_STARTS of them)."""
   need = MIN_POINTS_PER_PARAM * len(PARAMS)
   if len(points) < need:
     raise ValueError(f"Approach 3 fits {len(PARAMS)} parameters (E, A, B, alpha, beta) and "
@@ -109,7 +112,8 @@ def fit(points, options=None) -> dict:
   weights_RN = np.zeros((1, n_pad))
   weights_RN[0, :len(points)] = 1.0
   theta_RP, value_R, search_RSP, search_RS = lbfgs.search_then_polish(
-      objective, start_grid()[None], data, weights_RN, keep=POLISH)
+      objective, (start_grid() if starts is None else np.asarray(starts))[None], data,
+      weights_RN, keep=POLISH)
   if not np.isfinite(value_R[0]):
     raise ValueError("the Chinchilla fit found no finite objective from any of the 4,500 "
                      "starts; check that loss values are on a natural-log scale (nats/token)")
@@ -127,6 +131,7 @@ def fit(points, options=None) -> dict:
                  + (f"; E bounded below by the known floor {floor:.4g}" if floor else "")),
       "e_floor": floor or None,
       "_starts": _distinct(search_RSP[0], search_RS[0], BOOTSTRAP_STARTS),
+      "_refit_starts": _distinct(search_RSP[0], search_RS[0], REFIT_STARTS),
   }
 
 

@@ -173,3 +173,17 @@ def test_a_group_with_too_few_runs_names_the_group(tmp_path, design):
     fit_cli.run(store=str(tmp_path / "store"), out=str(tmp_path / "out"), law="isoflop",
                 group_by="attention.kind", plots=False)
   assert not (tmp_path / "out" / "fit.json").exists()
+
+
+def test_extrapolation_refit_from_the_fits_local_minima_equals_a_full_grid_refit():
+  from sweeps.laws import chinchilla
+  pts = points.from_frame(synthetic.isoflop_design(budgets=4, per_budget=6, seed=3),
+                          points.CSV_COLUMNS)
+  full_fit = chinchilla.fit(pts)
+  kept, _ = points.holdout_split(pts, 0.2)
+  sub = pts.subset(kept)
+  grid = chinchilla.fit(sub)
+  warm = chinchilla.fit(sub, starts=full_fit["_refit_starts"])
+  assert warm["objective"] == pytest.approx(grid["objective"], rel=1e-6)
+  for key in ("E", "alpha", "beta"):
+    assert warm["params"][key] == pytest.approx(grid["params"][key], rel=1e-4), key
