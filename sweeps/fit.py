@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.config import flatten
-from sweeps import fitting, laws, points as points_lib, store as store_lib
+from sweeps import diagnostics, fitting, laws, points as points_lib, store as store_lib
 from sweeps import flags as sweep_flags
 from sweeps.jsonio import write_json_atomic
 
@@ -101,9 +101,9 @@ def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), gr
       except ValueError as err:
         raise ValueError(f"{group_by}={value}: {err}") from err
       plotted[str(value)] = (groups[str(value)], points)
-    qualities = [g["quality"] for g in groups.values()]
     result = {**header, "group_by": group_by, "groups": groups,
-              "quality": max(qualities, key=("ok", "info", "warn", "degenerate").index),
+              "quality": diagnostics.quality(
+                  [d for g in groups.values() for d in g["diagnostics"]]),
               "n_points": sum(g["n_points"] for g in groups.values()),
               "n_dropped": sum(g["n_dropped"] for g in groups.values())}
   files = [os.path.join(out, "fit.json")]
@@ -151,14 +151,13 @@ def format_table(result: dict) -> str:
 
 
 def format_diagnostics(result: dict) -> str:
-  """QUALITY line(s) and one line per diagnostic above info, worst first."""
+  """QUALITY line(s) and one line per diagnostic, worst first."""
   groups = result.get("groups") or {"": result}
   lines = []
   for name, g in groups.items():
     label = f" [{result['group_by']}={name}]" if name else ""
     lines.append(f"QUALITY{label}: {g['quality'].upper()}")
-    for d in sorted(g["diagnostics"], key=lambda d: -("info", "warn", "degenerate")
-                    .index(d["level"])):
+    for d in sorted(g["diagnostics"], key=lambda d: -diagnostics.LEVELS.index(d["level"])):
       lines.append(f"  {d['level'].upper():<10} {d['code']}: {d['message']}")
   return "\n".join(lines)
 
