@@ -24,6 +24,7 @@ import numpy as np
 import models
 import parallel
 from experiments import checkpoint, config as config_lib, data as data_lib, metrics, state as state_lib
+from experiments.validation import validate
 
 STATUSES = ("running", "done", "failed", "diverged", "preempted")
 
@@ -33,18 +34,6 @@ def versions():
   return {"python": platform.python_version(), "jax": jax.__version__,
           "flax": flax.__version__, "optax": optax.__version__,
           "orbax": ocp.__version__, "grain": getattr(grain, "__version__", "?")}
-
-
-def validate(cfg):
-  """Checks that need no workdir: unknown choices fail here, before anything is written."""
-  if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 2:
-    raise ValueError("steps and batch_size must be >= 1 and seq_len >= 2.")
-  for key in ("log_every", "eval_every", "checkpoint_every"):
-    if cfg[key] < 1:
-      raise ValueError(f"{key} must be >= 1, got {cfg[key]}.")
-  if cfg.wandb.mode not in ("offline", "online", "disabled"):
-    raise ValueError(f"wandb.mode must be offline|online|disabled, got {cfg.wandb.mode!r}.")
-  models.layer_kinds(cfg)
 
 
 def _check_same_config(workdir, cfg_dict):
