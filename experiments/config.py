@@ -104,3 +104,11 @@ def flatten(d, prefix=""):
     else:
       out[f"{prefix}{k}"] = v
   return out
+
+
+def fingerprint(cfg_dict):
+  """The config's identity: sha1 of its canonical JSON (sorted keys). A run
+  directory records it in summary.json and in every checkpoint; sweep run ids end
+  in its first 6 hex digits."""
+  import hashlib
+  return hashlib.sha1(json.dumps(cfg_dict, sort_keys=True).encode()).hexdigest()

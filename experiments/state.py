@@ -103,8 +103,9 @@ def build(cfg, mesh):
           state["params"], batch_BL)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-               "lr": lr(state["step"]), **aux}
+    grad_norm = optax.global_norm(grads)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(state["step"]),
+               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm), **aux}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   def eval_step(params, batch_BL):

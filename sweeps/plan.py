@@ -5,9 +5,7 @@ run's id is `NAME-TAG-HASH`, HASH a short digest of the resolved config, so
 defining the same run again maps to the same run directory. Imports no JAX.
 """
 import dataclasses
-import hashlib
 import importlib.util
-import json
 import os
 import sys
 
@@ -57,8 +55,7 @@ def config_path(sweep):
 
 
 def config_hash(cfg):
-  text = json.dumps(config_lib.to_dict(cfg), sort_keys=True)
-  return hashlib.sha1(text.encode()).hexdigest()[:6]
+  return config_lib.fingerprint(config_lib.to_dict(cfg))[:6]
 
 
 def _plain(overrides):

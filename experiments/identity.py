@@ -1,0 +1,72 @@
+"""Which config a run directory belongs to, so a relaunch never mixes two.
+
+config.json is the readable record; the durable identity is the config's
+fingerprint, kept also in summary.json and in every checkpoint (with the whole
+config). A relaunch with a different config is refused. When config.json is
+missing or unreadable but the run has trained (checkpoints exist), the
+fingerprint from the checkpoints (else summary.json) decides: the same config
+resumes and config.json is rewritten; a different one, or no record at all, is
+refused. A damaged config.json is moved aside, never overwritten.
+"""
+import os
+import time
+
+from experiments import config as config_lib, metrics
+
+CONFIG = "config.json"
+
+
+class ConfigMismatch(ValueError):
+  """The workdir holds a run of another config (or one that cannot be verified)."""
+
+
+def _diff(old, new):
+  old_flat, new_flat = config_lib.flatten(old), config_lib.flatten(new)
+  return sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+
+
+def _refuse(workdir, why):
+  raise ConfigMismatch(f"{workdir} {why}; use a new --workdir, or relaunch with the config "
+                       "this run was started with.")
+
+
+def check(workdir, cfg_dict, stored, previous, *, write):
+  """Raises ConfigMismatch, or returns a note (str) when config.json was restored.
+
+  stored: the newest checkpoint's {"fingerprint", "config"} record (or None);
+  previous: the old summary.json dict ({} if none); write: this process writes."""
+  fingerprint = config_lib.fingerprint(cfg_dict)
+  path = os.path.join(workdir, CONFIG)
+  try:
+    old = metrics.read_json_object(path)
+    problem = None
+  except FileNotFoundError:
+    old, problem = None, "missing"
+  except ValueError as e:
+    old, problem = None, str(e)
+  if old is not None:
+    diff = _diff(old, cfg_dict)
+    if diff:
+      _refuse(workdir, f"holds a run with a different config (keys {diff})")
+    return None
+  known = (stored or {}).get("fingerprint") or previous.get("config_hash")
+  trained = stored is not None or previous.get("step", 0) > 0
+  if trained and known is None:
+    _refuse(workdir, f"has trained state but its {CONFIG} is {problem} and nothing else "
+            "records which config it ran (checkpoints from before config fingerprints)")
+  if known is not None and known != fingerprint:
+    keys = f" (keys {_diff(stored['config'], cfg_dict)})" if stored and "config" in stored else ""
+    _refuse(workdir, f"has {CONFIG} {problem}, and its checkpoints were trained with a "
+            f"different config{keys}")
+  if not write:
+    return None
+  note = None
+  if problem != "missing":
+    aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(path, aside)
+    note = f"{path}: {problem}; moved to {aside}"
+  metrics.write_json_atomic(path, cfg_dict)
+  if known is not None:
+    note = (note + "; " if note else f"{path} was missing; ") + (
+        "rewritten from this config, whose fingerprint matches the run's checkpoints")
+  return note
