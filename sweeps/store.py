@@ -2,7 +2,8 @@
 
 A run directory holds config.json, summary.json and metrics.jsonl (DESIGN.md, Public
 contract). Stores are read while sweeps are still writing to them, so a half-written metrics
-line, a missing summary or an unreadable config is counted and reported, never fatal.
+line, a missing summary or an unreadable config is reported, never fatal: load() skips such a
+run and its warning names every skipped run and why (also in frame.attrs["skipped"]).
 """
 import json
 import logging
@@ -16,20 +17,62 @@ from experiments.metrics import read_metrics
 
 SUMMARY_KEYS = ("status", "params", "params_non_embedding", "tokens", "flops", "final_loss",
                 "eval_loss", "wall_seconds")
+# Summary fields the fits read: a number, or null (the trainer writes NaN as null).
+NUMERIC_KEYS = ("params", "params_non_embedding", "tokens", "flops", "final_loss",
+                "eval_loss", "wall_seconds")
+# Any of these marks a directory as a run, so a run that lost its config is reported, not
+# dropped; other directories (.submitit, empty ones) are not runs.
+RUN_MARKERS = ("config.json", "summary.json", "metrics.jsonl", "checkpoints")
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+def _json_type(value) -> str:
+  if value is None:
+    return "null"
+  if isinstance(value, bool):
+    return "bool"
+  if isinstance(value, (int, float)):
+    return "number"
+  return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _read_object(path: str):
+  """(the JSON object in path, None) or (None, why it is not one)."""
+  name = os.path.basename(path)
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except FileNotFoundError:
+    return None, f"{name} missing"
+  except json.JSONDecodeError as err:
+    return None, f"{name} is not valid JSON (line {err.lineno} col {err.colno}: {err.msg})"
+  except ValueError as err:  # e.g. not UTF-8
+    return None, f"{name} is not valid JSON ({err})"
+  except OSError as err:
+    return None, f"{name} is unreadable ({type(err).__name__}: {err.strerror or err})"
+  if not isinstance(value, dict):
+    return None, f"{name} is not a JSON object (got {_json_type(value)})"
+  return value, None
+
+
+def _bad_field(summary: dict):
+  """Why the summary's numeric fields are unusable, or None."""
+  for key in NUMERIC_KEYS:
+    value = summary.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+      return f"summary.json field {key!r} is not a number (got {_json_type(value)} " \
+             f"{json.dumps(value)[:40]})"
+  return None
 
 
 def run_dirs(store: str) -> list[str]:
-  """Run directories of a store (sorted by name, so loads are deterministic)."""
+  """Run directories of a store, sorted by name (so loads are deterministic): those holding
+  any of RUN_MARKERS, whether or not their config.json is readable."""
   if not os.path.isdir(store):
     raise ValueError(f"run store {store!r} is not a directory; pass --store=DIR with run "
                      "directories (each holding config.json, summary.json, metrics.jsonl)")
   return sorted(e.path for e in os.scandir(store)
-                if e.is_dir() and os.path.exists(os.path.join(e.path, "config.json")))
+                if e.is_dir() and not e.name.startswith(".")
+                and any(os.path.exists(os.path.join(e.path, m)) for m in RUN_MARKERS))
 
 
 def warn(message: str):
@@ -37,62 +80,75 @@ def warn(message: str):
   warnings.warn(message, stacklevel=3)
 
 
-def load(store: str) -> pd.DataFrame:
-  """One row per run: dotted config columns, summary fields, and run_id (directory name).
+def _listing(header: str, problems: dict) -> str:
+  return header + "".join(f"\n  {run_id!r}: {why}" for run_id, why in problems.items())
 
-  A run without summary.json gets status "unknown" (its summary fields are NaN); a run whose
-  config.json or summary.json is not valid JSON is skipped. Both are counted in a warning.
-  """
-  rows, unreadable, no_summary = [], [], 0
+
+def load_report(store: str) -> tuple[pd.DataFrame, dict]:
+  """(load(store), {run_id: why it was skipped})."""
+  rows, skipped, no_summary = [], {}, []
   for path in run_dirs(store):
     run_id = os.path.basename(path)
-    try:
-      row = flatten(_read_json(os.path.join(path, "config.json")))
-    except (OSError, ValueError):
-      unreadable.append(run_id)
+    config, problem = _read_object(os.path.join(path, "config.json"))
+    summary = {}
+    if problem is None and os.path.exists(os.path.join(path, "summary.json")):
+      summary, problem = _read_object(os.path.join(path, "summary.json"))
+      problem = problem or _bad_field(summary)
+    elif problem is None:
+      no_summary.append(run_id)
+    if problem is not None:
+      skipped[run_id] = problem
       continue
-    summary_path = os.path.join(path, "summary.json")
-    if os.path.exists(summary_path):
-      try:
-        summary = _read_json(summary_path)
-      except (OSError, ValueError):
-        unreadable.append(run_id)
-        continue
-      for key, value in flatten(summary).items():
-        row[key] = value  # summary wins over a config key of the same name
-    else:
-      no_summary += 1
+    row = flatten(config)
+    for key, value in flatten(summary).items():
+      row[key] = value  # summary wins over a config key of the same name
+    for key in NUMERIC_KEYS:
+      if key in row and row[key] is None:
+        row[key] = float("nan")  # so an all-null column is float, not object
     row.setdefault("status", "unknown")
     row["run_id"] = run_id
     rows.append(row)
-  if unreadable:
-    warn(f"skipped {len(unreadable)} run(s) with unreadable config/summary JSON: "
-          f"{', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}")
+  if skipped:
+    warn(_listing(f"skipped {len(skipped)} unreadable run(s) in {store}:", skipped))
   if no_summary:
-    warn(f"{no_summary} run(s) have no summary.json (status 'unknown')")
+    warn(f"{len(no_summary)} run(s) have no summary.json (status 'unknown'): "
+         + ", ".join(no_summary))
   frame = pd.DataFrame(rows)
   for key in SUMMARY_KEYS + ("run_id",):
     if key not in frame:
       frame[key] = pd.NA if key == "status" else float("nan")
-  return frame
+  frame.attrs.update(store=store, skipped=dict(skipped), no_summary=list(no_summary))
+  return frame, skipped
+
+
+def load(store: str) -> pd.DataFrame:
+  """One row per run: dotted config columns, summary fields, and run_id (directory name).
+
+  A run without summary.json gets status "unknown" (its summary fields are NaN). A run whose
+  config.json is missing, or whose config.json or summary.json is not a JSON object, or whose
+  summary has a non-numeric NUMERIC_KEYS field, is skipped: the warning names each, and
+  frame.attrs["skipped"] maps its run_id to the reason.
+  """
+  return load_report(store)[0]
 
 
 def curves(store: str) -> pd.DataFrame:
   """Per-step metrics in long form: run_id, step, tokens, flops, loss, eval_loss, ..."""
-  frames, bad_total, bad_runs = [], 0, 0
+  frames, bad_lines = [], {}
   for path in run_dirs(store):
     metrics_path = os.path.join(path, "metrics.jsonl")
     if not os.path.exists(metrics_path):
       continue
     records, bad = read_metrics(metrics_path)
-    bad_total += bad
-    bad_runs += bool(bad)
+    if bad:
+      bad_lines[os.path.basename(path)] = f"{bad} malformed metrics line(s) skipped"
     if records:
       frame = pd.DataFrame(records)
       frame.insert(0, "run_id", os.path.basename(path))
       frames.append(frame)
-  if bad_total:
-    warn(f"skipped {bad_total} malformed metrics line(s) in {bad_runs} run(s)")
+  if bad_lines:
+    warn(_listing(f"skipped malformed metrics.jsonl lines in {len(bad_lines)} run(s) of "
+                  f"{store}:", bad_lines))
   columns = ["run_id", "step", "tokens", "flops", "loss", "eval_loss"]
   if not frames:
     return pd.DataFrame(columns=columns)
