@@ -55,7 +55,9 @@ def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
     if not os.path.exists(csv):
       raise ValueError(f"--csv file {csv!r} does not exist")
     return pd.read_csv(csv), points_lib.CSV_COLUMNS
-  runs = store_lib.load(store)
+  runs, unreadable = store_lib.load_report(store)
+  print(f"store {store}: {len(runs)} runs read, {len(unreadable)} skipped as unreadable"
+        + (" (see warnings above)" if unreadable else ""), file=sys.stderr)
   if status and "status" in runs:
     wanted = [s.strip() for s in status.split(",") if s.strip()]
     skipped = runs[~runs["status"].astype(str).isin(wanted)]

@@ -130,6 +130,19 @@ def test_all_null_summary_field_is_a_float_nan_column(tmp_path):
   assert runs["eval_loss"].dtype == float and runs["eval_loss"].isna().all()
 
 
+def test_fit_cli_prints_runs_read_and_skipped(tmp_path, capsys):
+  from sweeps import fit as fit_cli, fitting
+  frame = synthetic.isoflop_design(budgets=3, per_budget=6)
+  synthetic.write_store(str(tmp_path / "store"), frame, steps=1)
+  _write_run(tmp_path / "store" / "bad-a", config="null")
+  _write_run(tmp_path / "store" / "bad-b", summary="{}")
+  with pytest.warns(UserWarning, match="skipped 2 unreadable run"):
+    fit_cli.run(store=str(tmp_path / "store"), out=str(tmp_path / "out"), law="isoflop",
+                plots=False, options=fitting.FitOptions(bootstrap=0))
+  err = capsys.readouterr().err
+  assert f"store {tmp_path / 'store'}: 18 runs read, 2 skipped as unreadable" in err
+
+
 def test_missing_store_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="not a directory"):
     store.load(str(tmp_path / "nope"))
