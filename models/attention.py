@@ -14,11 +14,14 @@ SPARSE_KINDS = ("block_sparse", "spectral")
 
 def layer_kinds(cfg):
   """The attention kind of each layer: `attention.pattern` cycled over depth, else `kind`."""
-  pattern = tuple(cfg.attention.pattern) or (cfg.attention.kind,)
-  for kind in pattern:
+  # Name the key that holds the bad kind: `kind` is only read when `pattern` is empty.
+  for i, kind in enumerate(cfg.attention.pattern):
     if kind not in kernels.KINDS:
-      raise ValueError(
-          f"attention.pattern entry {kind!r} is not a kind; choose from {kernels.KINDS}.")
+      raise ValueError(f"attention.pattern entry {i} {kind!r} is not a kind; "
+                       f"choose from {kernels.KINDS}.")
+  if cfg.attention.kind not in kernels.KINDS:
+    raise ValueError(f"attention.kind {cfg.attention.kind!r} is not a kind; "
+                     f"choose from {kernels.KINDS}.")
   return pattern_kinds(cfg)
 
 
