@@ -1,14 +1,157 @@
 """Config checks that need no workdir: a bad value fails here, naming the key, the
-value and a valid alternative, before anything is written."""
-import models
+value and a valid alternative, before anything is written.
+
+Each valid set is imported from the module that uses it, so the checks cannot
+drift from what the model, kernels and optimizer accept.
+"""
+import os
+
+import kernels
+from experiments.optimizer import SCHEDULES
+from kernels.linear_reference import FEATURE_MAPS
+from kernels.sparse import ESTIMATORS
+from models.attention import SPARSE_KINDS, layer_kinds
+from models.layout import PARAMETRIZATIONS
+from models.transformer import DTYPES
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _get(cfg, key):
+  node = cfg
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def _at_least(cfg, low, *keys):
+  for key in keys:
+    value = _get(cfg, key)
+    if value < low:
+      raise ValueError(f"{key} {value!r} is too small; it must be >= {low}.")
+
+
+def _positive(cfg, *keys):
+  for key in keys:
+    value = _get(cfg, key)
+    if not value > 0:
+      raise ValueError(f"{key} {value!r} is not positive; it must be > 0.")
+
+
+def _in_range(cfg, key, low, high, *, open_low=False, open_high=False):
+  value = _get(cfg, key)
+  too_low = value <= low if open_low else value < low
+  too_high = value >= high if open_high else value > high
+  if too_low or too_high:
+    interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    raise ValueError(f"{key} {value!r} is out of range; it must be in {interval}.")
+
+
+def _one_of(cfg, key, choices):
+  value = _get(cfg, key)
+  if value not in choices:
+    raise ValueError(f"{key} {value!r} is not valid; choose from {tuple(choices)}.")
+
+
+def _choices(values, limit=8):
+  """'[1, 2, 4, ...]': the first few of a list of valid values."""
+  values = [str(v) for v in values]
+  return "[" + ", ".join(values[:limit] + (["..."] if len(values) > limit else [])) + "]"
+
+
+def _divisors(n):
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _check_heads(m):
+  if m.heads % m.kv_heads:  # also rejects kv_heads > heads
+    raise ValueError(
+        f"model.kv_heads {m.kv_heads} does not divide model.heads {m.heads} (grouped-query "
+        f"attention shares each kv head among heads // kv_heads query heads); choose "
+        f"kv_heads from {_choices(_divisors(m.heads))}.")
+  if m.head_dim == 0:
+    if m.width % m.heads:
+      raise ValueError(
+          f"model.width {m.width} is not divisible by model.heads {m.heads} (head_dim = "
+          f"width // heads); choose heads from {_choices(_divisors(m.width))} or set "
+          "model.head_dim.")
+    if (m.width // m.heads) % 2:
+      even = [h for h in _divisors(m.width) if (m.width // h) % 2 == 0]
+      raise ValueError(
+          f"head_dim = model.width {m.width} // model.heads {m.heads} = {m.width // m.heads} "
+          f"is odd and RoPE rotates pairs of dims; choose heads from {_choices(even)} or "
+          "set model.head_dim to an even number.")
+  elif m.head_dim % 2:
+    raise ValueError(f"model.head_dim {m.head_dim} is odd and RoPE rotates pairs of dims; "
+                     f"use an even one, e.g. model.head_dim={m.head_dim + 1}.")
+
+
+def _check_model(cfg):
+  m = cfg.model
+  _at_least(cfg, 1, "model.width", "model.depth", "model.heads", "model.kv_heads",
+            "model.mlp_width", "model.vocab_size")
+  _at_least(cfg, 0, "model.head_dim")
+  _check_heads(m)
+  _one_of(cfg, "model.parametrization", PARAMETRIZATIONS)
+  if m.parametrization == "mup":
+    _at_least(cfg, 1, "model.mup_base_width")
+  _one_of(cfg, "model.compute_dtype", tuple(DTYPES))
+  _positive(cfg, "model.rope_theta")
+
+
+def _check_attention(cfg):
+  kinds = layer_kinds(cfg)  # attention.kind / attention.pattern: its messages name the key
+  _one_of(cfg, "attention.impl", kernels.IMPLS)
+  _one_of(cfg, "attention.estimator", ESTIMATORS)
+  _one_of(cfg, "attention.feature_map", FEATURE_MAPS)
+  _at_least(cfg, 1, "attention.block_q", "attention.block_k", "attention.chunk_size")
+  # The sparse kernels tile the sequence into blocks; they fail only when first traced.
+  if set(kinds) & set(SPARSE_KINDS):
+    for key in ("attention.block_q", "attention.block_k"):
+      block = _get(cfg, key)
+      if cfg.seq_len % block:
+        fits = [b for b in (512, 256, 128, 64, 32, 16, 8) if cfg.seq_len % b == 0]
+        hint = f"e.g. {key}={fits[0]}" if fits else "or choose seq_len divisible by it"
+        raise ValueError(f"{key} {block} does not divide seq_len {cfg.seq_len} (sparse "
+                         f"attention tiles the sequence into blocks); {hint}.")
+
+
+def _check_optimizer(cfg):
+  _positive(cfg, "optimizer.lr", "optimizer.grad_clip")
+  _one_of(cfg, "optimizer.schedule", SCHEDULES)
+  _at_least(cfg, 0, "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.eps")
+  _in_range(cfg, "optimizer.min_lr_ratio", 0, 1)
+  _in_range(cfg, "optimizer.decay_fraction", 0, 1, open_low=True)
+  _in_range(cfg, "optimizer.b1", 0, 1, open_high=True)
+  _in_range(cfg, "optimizer.b2", 0, 1, open_high=True)
 
 
 def validate(cfg):
-  if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 2:
-    raise ValueError("steps and batch_size must be >= 1 and seq_len >= 2.")
-  for key in ("log_every", "eval_every", "checkpoint_every"):
-    if cfg[key] < 1:
-      raise ValueError(f"{key} must be >= 1, got {cfg[key]}.")
-  if cfg.wandb.mode not in ("offline", "online", "disabled"):
-    raise ValueError(f"wandb.mode must be offline|online|disabled, got {cfg.wandb.mode!r}.")
-  models.layer_kinds(cfg)
+  _at_least(cfg, 1, "steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+            "eval_batches", "keep_checkpoints")
+  _at_least(cfg, 2, "seq_len")  # windows are seq_len + 1 tokens: inputs and shifted targets
+  _check_model(cfg)
+  _check_attention(cfg)
+  _check_optimizer(cfg)
+  _in_range(cfg, "data.eval_fraction", 0, 1, open_low=True, open_high=True)
+  _at_least(cfg, 0, "data.max_bytes")
+  _one_of(cfg, "wandb.mode", WANDB_MODES)
+
+
+def check_workdir(path):
+  """A run directory that exists as a directory, or can be created: fails before
+  anything is written, naming the path that is in the way."""
+  if not path:
+    raise ValueError("--workdir is empty; pass a directory (it is created if missing).")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--workdir {path} is a file; pass a directory (it is created if missing).")
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"--workdir {path} cannot be created: {existing} is a file; "
+                     "pass a directory under an existing directory.")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    where = "" if existing == os.path.abspath(path) else " cannot be created"
+    raise ValueError(f"--workdir {path}{where}: {existing} is not writable; pass a directory "
+                     "you can write to.")

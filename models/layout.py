@@ -1,6 +1,8 @@
 """Shape facts read from a config, with no JAX import (the FLOP counts and the
 sweep planner's dry run use them without starting JAX)."""
 
+PARAMETRIZATIONS = ("sp", "mup")
+
 
 def head_dim(model_cfg):
   return model_cfg.head_dim or model_cfg.width // model_cfg.heads
