@@ -9,7 +9,9 @@ import importlib.util
 import json
 import os
 
+from absl import flags
 from ml_collections import config_dict
+from ml_collections.config_flags import config_path, tuple_parser
 
 
 def load(spec):
@@ -76,6 +78,54 @@ def argv_override_keys(argv, flag="config"):
     if arg.startswith(f"--{flag}."):
       keys.append(arg[len(flag) + 3:].split("=", 1)[0])
   return keys
+
+
+# The parsers ml_collections' config flags apply to a field of each type (its
+# _FIELD_TYPE_TO_PARSER), so a value passes here iff absl would accept it.
+_PARSERS = {int: flags.IntegerParser(), float: flags.FloatParser(),
+            bool: flags.BooleanParser(), str: flags.ArgumentParser(),
+            tuple: tuple_parser.TupleParser()}
+_EXAMPLES = {int: 1, float: 0.5, bool: True, str: "x", tuple: ("a", "b")}
+
+
+def _flag_text(value):
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, tuple):
+    return f'"{value!r}"'
+  return str(value)
+
+
+def check_override_values(cfg, argv, flag="config"):
+  """Each `--config.KEY=VALUE` / `--config.KEY VALUE` in argv names a key of cfg and
+  VALUE parses as that field's type (placeholders carry one), else ValueError with
+  an example; run before absl parses the flags (whose errors are tracebacks)."""
+  check_keys(cfg, argv_override_keys(argv, flag))
+  prefix = f"--{flag}."
+  for i, arg in enumerate(argv):
+    if arg == "--":
+      break  # absl reads no flags after it
+    if not arg.startswith(prefix):
+      continue
+    key, eq, value = arg[len(prefix):].partition("=")
+    field_type = config_path.get_type(key, cfg)
+    if not eq:
+      if field_type is bool:
+        continue  # bare `--config.KEY` sets a bool; absl takes no value after it
+      if i + 1 >= len(argv):
+        raise ValueError(f"{prefix}{key}: no value given (e.g. {prefix}{key}=VALUE).")
+      value = argv[i + 1]
+    parser = _PARSERS.get(field_type)
+    if parser is None:
+      continue  # other types: ml_collections' own parser decides
+    try:
+      parser.parse(value)
+    except ValueError as e:
+      current = config_path.get_value(key, cfg)
+      example = current if current not in (None, ()) else _EXAMPLES[field_type]
+      why = f" ({e})" if field_type is tuple else ""
+      raise ValueError(f"{prefix}{key}: {value!r} is not a valid {field_type.__name__}{why} "
+                       f"(e.g. {prefix}{key}={_flag_text(example)}).") from None
 
 
 def argv_config_spec(argv, flag="config"):
