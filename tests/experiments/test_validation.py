@@ -1,0 +1,168 @@
+"""Bad config values fail in validate() (or on the command line) with a message
+naming the key and the value, before anything is written; valid configs pass."""
+import os
+import re
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from tests.helpers import LM_CONFIG
+from experiments import config as config_lib, train, validation
+from experiments.configs import lm
+
+# (overrides, fragments the message must hold: the key, the bad value, an alternative)
+BAD = {
+    "heads_not_dividing_width": ({"model.width": 100, "model.heads": 6, "model.kv_heads": 1},
+                                 ["model.width 100", "model.heads 6", "[1, 2, 4, 5, 10",
+                                  "model.head_dim"]),
+    "kv_heads_zero": ({"model.kv_heads": 0}, ["model.kv_heads 0", ">= 1"]),
+    "kv_heads_not_dividing_heads": ({"model.heads": 4, "model.kv_heads": 3},
+                                    ["model.kv_heads 3", "model.heads 4", "[1, 2, 4]"]),
+    "kv_heads_above_heads": ({"model.heads": 2, "model.kv_heads": 4}, ["model.kv_heads 4"]),
+    "width_zero": ({"model.width": 0}, ["model.width 0", ">= 1"]),
+    "depth_zero": ({"model.depth": 0}, ["model.depth 0"]),
+    "heads_negative": ({"model.heads": -2}, ["model.heads -2"]),
+    "mlp_width_zero": ({"model.mlp_width": 0}, ["model.mlp_width 0"]),
+    "vocab_size_zero": ({"model.vocab_size": 0}, ["model.vocab_size 0"]),
+    "head_dim_negative": ({"model.head_dim": -8}, ["model.head_dim -8", ">= 0"]),
+    "head_dim_odd": ({"model.head_dim": 7}, ["model.head_dim 7", "even", "head_dim=8"]),
+    "implied_head_dim_odd": ({"model.width": 30, "model.heads": 2},
+                             ["model.width 30", "model.heads 2", "15", "model.head_dim"]),
+    "parametrization": ({"model.parametrization": "ntk"}, ["model.parametrization 'ntk'",
+                                                            "'mup'"]),
+    "mup_base_width_zero": ({"model.parametrization": "mup", "model.mup_base_width": 0},
+                            ["model.mup_base_width 0"]),
+    "compute_dtype": ({"model.compute_dtype": "float16"}, ["model.compute_dtype 'float16'",
+                                                           "'bfloat16'"]),
+    "rope_theta_zero": ({"model.rope_theta": 0.0}, ["model.rope_theta 0.0", "> 0"]),
+    "unknown_kind": ({"attention.kind": "sparse"}, ["attention.kind 'sparse'", "'dense'"]),
+    "unknown_pattern_entry": ({"attention.pattern": ("dense", "sparse")},
+                              ["attention.pattern entry 1 'sparse'", "'dense'"]),
+    "impl": ({"attention.impl": "triton"}, ["attention.impl 'triton'", "'pallas'"]),
+    "estimator": ({"attention.estimator": "topk"}, ["attention.estimator 'topk'", "'static'"]),
+    "feature_map": ({"attention.feature_map": "softmax"}, ["attention.feature_map 'softmax'",
+                                                           "'elu1'"]),
+    "block_q_zero": ({"attention.block_q": 0}, ["attention.block_q 0"]),
+    "chunk_size_zero": ({"attention.chunk_size": 0}, ["attention.chunk_size 0"]),
+    "sparse_block_not_dividing_seq": ({"attention.kind": "block_sparse", "attention.block_q": 32,
+                                       "attention.block_k": 24},
+                                      ["attention.block_k 24", "seq_len 32", "block_k=32"]),
+    "steps_zero": ({"steps": 0}, ["steps 0", ">= 1"]),
+    "batch_size_zero": ({"batch_size": 0}, ["batch_size 0"]),
+    "seq_len_one": ({"seq_len": 1}, ["seq_len 1", ">= 2"]),
+    "eval_batches_zero": ({"eval_batches": 0}, ["eval_batches 0"]),
+    "keep_checkpoints_zero": ({"keep_checkpoints": 0}, ["keep_checkpoints 0"]),
+    "lr_zero": ({"optimizer.lr": 0.0}, ["optimizer.lr 0.0", "> 0"]),
+    "schedule": ({"optimizer.schedule": "linear"}, ["optimizer.schedule 'linear'", "'wsd'"]),
+    "warmup_negative": ({"optimizer.warmup_steps": -1}, ["optimizer.warmup_steps -1", ">= 0"]),
+    "min_lr_ratio": ({"optimizer.min_lr_ratio": 1.5}, ["optimizer.min_lr_ratio 1.5", "[0, 1]"]),
+    "decay_fraction_zero": ({"optimizer.decay_fraction": 0.0},
+                            ["optimizer.decay_fraction 0.0", "(0, 1]"]),
+    "b2_one": ({"optimizer.b2": 1.0}, ["optimizer.b2 1.0", "[0, 1)"]),
+    "grad_clip_zero": ({"optimizer.grad_clip": 0.0}, ["optimizer.grad_clip 0.0"]),
+    "eval_fraction_one": ({"data.eval_fraction": 1.0}, ["data.eval_fraction 1.0"]),
+    "wandb_mode": ({"wandb.mode": "cloud"}, ["wandb.mode 'cloud'", "'offline'"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_value_fails_naming_the_key_and_the_value(micro_cfg, name):
+  overrides, fragments = BAD[name]
+  with pytest.raises(ValueError) as info:
+    validation.validate(micro_cfg(**overrides))
+  for fragment in fragments:
+    assert fragment in str(info.value), (fragment, str(info.value))
+
+
+@pytest.mark.parametrize("name", ["width_zero", "kv_heads_zero", "heads_not_dividing_width",
+                                  "unknown_kind"])
+def test_run_fails_before_the_workdir_is_created(tmp_path, micro_cfg, name):
+  overrides, fragments = BAD[name]
+  workdir = tmp_path / "never"
+  with pytest.raises(ValueError, match=fragments[0]):
+    train.run(micro_cfg(**overrides), str(workdir))
+  assert not workdir.exists()
+
+
+def test_shipped_configs_and_sweep_runs_validate(micro_cfg):
+  from sweeps import plan
+  validation.validate(micro_cfg())
+  for variant in lm.VARIANTS:
+    validation.validate(lm.get_config(variant))
+  defs = os.path.join(os.path.dirname(LM_CONFIG), "..", "..", "sweeps", "defs")
+  for spec in ("attention_scaling.py", "attention_scaling.py:small", "quickstart.py",
+               "quickstart.py:smoke"):
+    for run in plan.plan(plan.load_sweep(os.path.join(defs, spec))):
+      validation.validate(run.cfg)
+
+
+def test_workdir_that_is_a_file_or_under_one_fails(tmp_path):
+  path = tmp_path / "x"
+  path.write_text("")
+  with pytest.raises(ValueError, match=re.escape(f"--workdir {path} is a file; pass a directory")):
+    validation.check_workdir(str(path))
+  with pytest.raises(ValueError, match=re.escape(f"{path} is a file")):
+    validation.check_workdir(str(path / "run"))
+  with pytest.raises(ValueError, match="--workdir is empty"):
+    validation.check_workdir("")
+  validation.check_workdir(str(tmp_path))  # existing directory
+  validation.check_workdir(str(tmp_path / "new" / "run"))  # created later
+  assert not (tmp_path / "new").exists()
+
+
+def test_workdir_under_a_read_only_directory_fails(tmp_path, monkeypatch):
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  # os.access, not chmod: root (as in CI containers) may write anywhere.
+  monkeypatch.setattr(os, "access", lambda path, mode: path != str(locked))
+  with pytest.raises(ValueError, match=re.escape(f"{locked / 'run'} cannot be created: "
+                                                 f"{locked} is not writable")):
+    validation.check_workdir(str(locked / "run"))
+  with pytest.raises(ValueError, match=re.escape(f"--workdir {locked}: {locked} is not writable")):
+    validation.check_workdir(str(locked))
+
+
+def test_override_value_of_the_wrong_type_names_the_flag_and_an_example():
+  cfg = lm.get_config("tiny")
+  cases = {
+      "--config.steps=abc": "--config.steps: 'abc' is not a valid int (e.g. --config.steps=400)",
+      "--config.optimizer.lr=fast": "--config.optimizer.lr: 'fast' is not a valid float",
+      "--config.attention.topk=most": "'most' is not a valid float (e.g. --config.attention.topk=",
+      "--config.model.tie_embeddings=maybe": "'maybe' is not a valid bool",
+  }
+  for arg, message in cases.items():
+    with pytest.raises(ValueError) as info:
+      config_lib.check_override_values(cfg, ["train", arg])
+    assert message in str(info.value), (arg, str(info.value))
+  with pytest.raises(ValueError, match="'abc' is not a valid int"):
+    config_lib.check_override_values(cfg, ["train", "--config.steps", "abc"])
+  with pytest.raises(ValueError, match="unknown config key 'stepz'"):
+    config_lib.check_override_values(cfg, ["train", "--config.stepz=3"])
+  config_lib.check_override_values(cfg, [
+      "train", "--config.steps=12", "--config.steps", "13", "--config.optimizer.lr=1",
+      "--config.model.tie_embeddings", "--config.attention.pattern=dense,linear",
+      "--config.attention.topp=0.5", "--config.wandb.entity=me", "--", "--config.steps=x"])
+
+
+@pytest.mark.parametrize("arg", [
+    "--config.steps=abc", "--config.steps=1e3", "--config.steps=0x10", "--config.steps=-3",
+    "--config.optimizer.lr=1", "--config.optimizer.lr=nan", "--config.optimizer.lr=x",
+    "--config.model.tie_embeddings=yes", "--config.model.tie_embeddings=0",
+    "--config.attention.pattern=dense,linear", "--config.attention.pattern=a b",
+    "--config.attention.window_blocks=4", "--config.attention.window_blocks=four"])
+def test_override_values_are_accepted_exactly_when_ml_collections_accepts_them(arg):
+  argv = ["train", f"--config={LM_CONFIG}:tiny", arg]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, sys_argv=argv)
+  try:
+    fv(argv)
+    absl_ok = True
+  except flags.Error:
+    absl_ok = False
+  try:
+    config_lib.check_override_values(lm.get_config("tiny"), argv)
+    ours_ok = True
+  except ValueError:
+    ours_ok = False
+  assert ours_ok == absl_ok, arg
