@@ -26,8 +26,10 @@ class NoRestorableCheckpoint(RuntimeError):
 
 
 def _reason(error):
-  text = f"{type(error).__name__}: {error}".strip()
-  return text if len(text) < 400 else text[:400] + " ..."
+  """One line: orbax/tensorstore errors run to pages of spec dumps."""
+  first = (str(error).strip().splitlines() or [""])[0]
+  text = f"{type(error).__name__}: {first}"
+  return text if len(text) < 300 else text[:300] + " ..."
 
 
 class Checkpointer:

@@ -265,16 +265,16 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 
 
 def parse_flags(argv):
-  """Rejects unknown --config.KEY overrides (naming the closest keys) before absl
-  parses them, so a typo fails cleanly and nothing is created."""
+  """Rejects unknown --config.KEY overrides (naming the closest keys) and values
+  that do not parse as their field's type, before absl parses them, so a typo
+  fails cleanly and nothing is created."""
   spec = config_lib.argv_config_spec(argv)
-  keys = config_lib.argv_override_keys(argv)
-  if spec and keys:
+  if spec and config_lib.argv_override_keys(argv):
     try:
-      config_lib.check_keys(config_lib.load(spec), keys)
+      config_lib.check_override_values(config_lib.load(spec), argv)
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      sys.exit(EXIT_BAD_INPUT)
   return flags.FLAGS(argv)
 
 

@@ -166,3 +166,13 @@ def test_override_values_are_accepted_exactly_when_ml_collections_accepts_them(a
   except ValueError:
     ours_ok = False
   assert ours_ok == absl_ok, arg
+
+
+def test_override_of_the_wrong_type_on_the_command_line_fails_cleanly(tmp_path):
+  from tests.helpers import run_train
+  workdir = tmp_path / "never"
+  proc = run_train(workdir, "steps=abc")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "--config.steps: 'abc' is not a valid int" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not workdir.exists()
