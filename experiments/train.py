@@ -93,6 +93,10 @@ def run(cfg, workdir):
   data = data_lib.build(cfg, jax.process_index(), jax.process_count())
   mesh = parallel.make_mesh(cfg.mesh)
   program = state_lib.build(cfg, mesh)
+  # Trace the step abstractly (no compile): values only the kernels check (block-mask
+  # parameters) fail here, before the workdir exists.
+  jax.eval_shape(program.train_step, program.abstract_state, jax.ShapeDtypeStruct(
+      (cfg.batch_size, cfg.seq_len + 1), jnp.int32, sharding=program.batch_sharding))
   counts = models.count_params(cfg)
   flops_per_token = models.flops_per_token(cfg)
   cfg_dict = config_lib.to_dict(cfg)

@@ -176,3 +176,13 @@ def test_override_of_the_wrong_type_on_the_command_line_fails_cleanly(tmp_path):
   assert "--config.steps: 'abc' is not a valid int" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not workdir.exists()
+
+
+def test_values_only_the_kernels_check_fail_before_the_workdir_exists(tmp_path, micro_cfg):
+  from experiments import train
+  workdir = tmp_path / "never"
+  cfg = micro_cfg(**{"attention.kind": "block_sparse", "attention.block_q": 16,
+                     "attention.block_k": 16, "attention.window_blocks": 0})
+  with pytest.raises(ValueError, match="window_blocks"):
+    train.run(cfg, str(workdir))
+  assert not workdir.exists()
