@@ -211,9 +211,12 @@ def run(cfg, workdir):
     save_summary(status="failed", error=str(e))
     _log(f"error: {e}")
     return summary
-  except BaseException as e:
+  except Exception as e:
     save_summary(status="failed", error=f"{type(e).__name__}: {e}")
     raise RunFailed(f"{workdir}: {type(e).__name__}: {e}") from e
+  except BaseException as e:  # KeyboardInterrupt, SystemExit: recorded, not wrapped
+    save_summary(status="failed", error=f"{type(e).__name__}: {e}")
+    raise
   finally:
     preemption.restore()
     if writer is not None:
