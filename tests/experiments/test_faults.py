@@ -232,3 +232,10 @@ def test_wandb_environment_beats_the_config(micro_cfg, tmp_path):
   disabled_cfg = micro_cfg(**{"wandb.mode": "disabled"})
   assert metrics.wandb_init_args(disabled_cfg.wandb, tmp_path,
                                  environ={"WANDB_MODE": "offline"})["mode"] == "offline"
+
+
+def test_exported_wandb_mode_disabled_wins_over_the_config(micro_cfg, tmp_path, monkeypatch):
+  monkeypatch.setenv("WANDB_MODE", "disabled")
+  cfg = micro_cfg(**{"wandb.mode": "offline", "steps": 2, "checkpoint_every": 2})
+  assert train.run(cfg, str(tmp_path))["status"] == "done"
+  assert not (tmp_path / "wandb").exists()
