@@ -30,11 +30,13 @@ def _refuse(workdir, why):
                        "this run was started with.")
 
 
-def check(workdir, cfg_dict, stored, previous, *, write):
+def check(workdir, cfg_dict, stored, previous, *, trained, write):
   """Raises ConfigMismatch, or returns a note (str) when config.json was restored.
 
   stored: the newest checkpoint's {"fingerprint", "config"} record (or None);
-  previous: the old summary.json dict ({} if none); write: this process writes."""
+  previous: the old summary.json dict ({} if none); trained: checkpoints exist
+  (without them a relaunch starts from step 0, so nothing can mix); write: this
+  process writes."""
   fingerprint = config_lib.fingerprint(cfg_dict)
   path = os.path.join(workdir, CONFIG)
   try:
@@ -43,18 +45,17 @@ def check(workdir, cfg_dict, stored, previous, *, write):
   except FileNotFoundError:
     old, problem = None, "missing"
   except ValueError as e:
-    old, problem = None, str(e)
+    old, problem = None, f"unreadable ({e})"
   if old is not None:
     diff = _diff(old, cfg_dict)
     if diff:
       _refuse(workdir, f"holds a run with a different config (keys {diff})")
     return None
   known = (stored or {}).get("fingerprint") or previous.get("config_hash")
-  trained = stored is not None or previous.get("step", 0) > 0
   if trained and known is None:
     _refuse(workdir, f"has trained state but its {CONFIG} is {problem} and nothing else "
             "records which config it ran (checkpoints from before config fingerprints)")
-  if known is not None and known != fingerprint:
+  if trained and known is not None and known != fingerprint:
     keys = f" (keys {_diff(stored['config'], cfg_dict)})" if stored and "config" in stored else ""
     _refuse(workdir, f"has {CONFIG} {problem}, and its checkpoints were trained with a "
             f"different config{keys}")
@@ -66,7 +67,7 @@ def check(workdir, cfg_dict, stored, previous, *, write):
     os.replace(path, aside)
     note = f"{path}: {problem}; moved to {aside}"
   metrics.write_json_atomic(path, cfg_dict)
-  if known is not None:
+  if trained:
     note = (note + "; " if note else f"{path} was missing; ") + (
         "rewritten from this config, whose fingerprint matches the run's checkpoints")
   return note

@@ -107,7 +107,8 @@ def run(cfg, workdir):
   ckpt = checkpoint.Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                  every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
   try:
-    note = identity.check(workdir, cfg_dict, ckpt.stored_config(), previous, write=is_writer)
+    note = identity.check(workdir, cfg_dict, ckpt.stored_config(), previous,
+                          trained=bool(ckpt.steps()), write=is_writer)
   except BaseException:
     ckpt.close()
     raise
