@@ -5,17 +5,16 @@ hold at budgets the fit never saw (not just for the fitted parameters themselves
 """
 import numpy as np
 
-from sweeps.laws import chinchilla, envelope, isoflop
-
-ALLOCATING = {"chinchilla": chinchilla, "isoflop": isoflop, "envelope": envelope}
+from sweeps import laws
 
 
-def law_module(fit_obj: dict):
-  law = fit_obj["law"]
-  if law not in ALLOCATING:
-    raise ValueError(f"a {law!r} fit does not prescribe N_opt/D_opt; fit with "
-                     f"--law={'|'.join(ALLOCATING)}")
-  return ALLOCATING[law]
+def law_module(fit_obj: dict) -> laws.Law:
+  """The fit's law, which must allocate (Law.allocation: N_opt(C), D_opt(C))."""
+  law = laws.get(fit_obj["law"])
+  if not law.allocates:
+    raise ValueError(f"a {law.name!r} fit does not prescribe N_opt/D_opt; fit with "
+                     f"--law={'|'.join(laws.allocating())}")
+  return law
 
 
 def allocate(fit_obj: dict, c) -> dict:

@@ -1,12 +1,14 @@
 """What a reviewer of a scaling-law paper checks, applied to every fit.
 
-`check(fit, points, options)` returns diagnostics, each `{code, level, message}` with level
+`check(fit, points, law, options)` returns diagnostics, each `{code, level, message}` with level
 `info` | `warn` | `degenerate`; `quality(diagnostics)` is the worst level ("ok" when nothing
 is above info). Checks (Besiroglu et al. 2024; Porian et al. 2024; Epoch's notebooks):
 isoFLOP budgets that do not bracket their minimum, each named; exponents outside a plausible
 range or at the start grid's bound; E below a known floor of the loss, or vanishing; too few
 points per fitted parameter; an extrapolation check that could not be made or missed; wide
-or failed bootstrap intervals.
+or failed bootstrap intervals. Which checks apply comes from the law (`sweeps.laws.Law`):
+`isoflop_grid`, `allocates`, `n_params`, and its own `checks` (e.g. Approach 3's exponents and
+E, `loss_exponents` and `irreducible_floor` below).
 """
 import numpy as np
 
@@ -35,19 +37,21 @@ def quality(diagnostics) -> str:
 
 
 def _budget_design(fit, points) -> list:
-  """Bracketing of each isoFLOP budget (>= 3 sizes); other data is not an isoFLOP grid."""
+  """Bracketing of each isoFLOP budget (>= 3 sizes); other data is not an isoFLOP grid. A fit
+  that records its `budgets` (it fits a line through their minima) drops the unbracketed."""
   from sweeps.laws import isoflop
   budgets = [b for b in isoflop.describe_budgets(points) if b["sizes"] >= 3]
   if not budgets:
     return [diag("not_isoflop", "info", "no FLOP budget has >= 3 model sizes: the design is "
                  "not an isoFLOP grid, so bracketing of the optimum is not checked")]
   out = []
+  through_minima = "budgets" in fit
   bad = [b for b in budgets if not b["bracketed"]]
   for b in bad:
     out.append(diag("unbracketed_budget", "warn",
                     f"budget C={b['C']:.3g}: {b['sizes']} sizes N={b['N_range'][0]:.3g}.."
                     f"{b['N_range'][1]:.3g}, lowest loss at the {b['best']} size: the minimum is "
-                    "not bracketed" + (" (dropped from the fit)" if fit["law"] == "isoflop"
+                    "not bracketed" + (" (dropped from the fit)" if through_minima
                                        else ""), C=b["C"]))
   good = len(budgets) - len(bad)
   if good == 0:
@@ -56,41 +60,45 @@ def _budget_design(fit, points) -> list:
                     "compute-optimal size is not measured by these runs, so exponents and "
                     "allocations are artefacts of the functional form. Centre the sizes on "
                     "each budget's optimum (sweeps.design.centered_isoflop)."))
-  elif fit["law"] == "isoflop" and good < 3:
+  elif through_minima and good < 3:
     out.append(diag("few_budgets", "warn",
                     f"only {good} budgets bracket their minimum: the allocation line has no "
                     "degrees of freedom left to test its power-law form (use >= 3)"))
   return out
 
 
-def _exponents(fit, options) -> list:
+def loss_exponents(fit, points) -> list:
+  """A law with loss terms A/N^alpha, B/D^beta: both exponents in a plausible range."""
   out = []
-  p = {**fit["params"], **fit.get("derived", {})}
-  if fit["law"] == "chinchilla":
-    lo, hi = LOSS_EXPONENT_RANGE
-    for key in ("alpha", "beta"):
-      if not lo <= p[key] <= hi:
-        out.append(diag("exponent_out_of_range", "degenerate",
-                        f"{key} = {p[key]:.3g} is outside the plausible range [{lo}, {hi}] "
-                        "(published LM fits: 0.28-0.37); the fit is not identified by the data",
-                        param=key))
-  if "a" in p and fit["law"] in ("chinchilla", "isoflop", "envelope"):
-    a = p["a"]
-    if not ALLOCATION_DEGENERATE[0] <= a <= ALLOCATION_DEGENERATE[1]:
-      out.append(diag("allocation_exponent", "degenerate",
-                      f"allocation exponent a = {a:.3g} (N_opt ~ C^a) is outside "
-                      f"{list(ALLOCATION_DEGENERATE)}; published values are 0.46-0.73",
-                      param="a"))
-    elif not ALLOCATION_WARN[0] <= a <= ALLOCATION_WARN[1]:
-      out.append(diag("allocation_exponent", "warn",
-                      f"allocation exponent a = {a:.3g} is outside {list(ALLOCATION_WARN)} "
-                      "(published values 0.46-0.73)", param="a"))
+  lo, hi = LOSS_EXPONENT_RANGE
+  for key in ("alpha", "beta"):
+    value = fit["params"][key]
+    if not lo <= value <= hi:
+      out.append(diag("exponent_out_of_range", "degenerate",
+                      f"{key} = {value:.3g} is outside the plausible range [{lo}, {hi}] "
+                      "(published LM fits: 0.28-0.37); the fit is not identified by the data",
+                      param=key))
   return out
 
 
-def _floor(fit, points) -> list:
-  if fit["law"] != "chinchilla":
+def _allocation_exponent(fit) -> list:
+  p = {**fit["params"], **fit.get("derived", {})}
+  if "a" not in p:
     return []
+  a = p["a"]
+  if not ALLOCATION_DEGENERATE[0] <= a <= ALLOCATION_DEGENERATE[1]:
+    return [diag("allocation_exponent", "degenerate",
+                 f"allocation exponent a = {a:.3g} (N_opt ~ C^a) is outside "
+                 f"{list(ALLOCATION_DEGENERATE)}; published values are 0.46-0.73", param="a")]
+  if not ALLOCATION_WARN[0] <= a <= ALLOCATION_WARN[1]:
+    return [diag("allocation_exponent", "warn",
+                 f"allocation exponent a = {a:.3g} is outside {list(ALLOCATION_WARN)} "
+                 "(published values 0.46-0.73)", param="a")]
+  return []
+
+
+def irreducible_floor(fit, points) -> list:
+  """A law with an irreducible loss E: above a known floor, measured, not vanishing."""
   e = fit["params"]["E"]
   out = []
   floor = points.floor
@@ -119,7 +127,7 @@ def _floor(fit, points) -> list:
 
 
 def _points(fit, points, law) -> list:
-  k = len(getattr(law, "PARAMS", ())) if fit["law"] == "chinchilla" else 0
+  k = law.n_params
   if k and len(points) < FEW_POINTS_PER_PARAM * k:
     return [diag("few_points", "warn",
                  f"{len(points)} points for {k} fitted parameters (< {FEW_POINTS_PER_PARAM} "
@@ -169,9 +177,11 @@ def _dropped(points) -> list:
 
 
 def check(fit, points: points_lib.Points, law, options) -> list:
-  out = []
-  if fit["law"] in ("chinchilla", "isoflop"):
-    out += _budget_design(fit, points)
-  out += _exponents(fit, options) + _floor(fit, points) + _points(fit, points, law)
+  from sweeps.laws import base  # the laws import numpy/jax; diagnostics alone need neither
+  out = _budget_design(fit, points) if law.isoflop_grid else []
+  for hook in law.checks:
+    out += base.resolve(hook)(fit, points)
+  out += _allocation_exponent(fit) if law.allocates else []
+  out += _points(fit, points, law)
   out += _extrapolation(fit) + _intervals(fit) + _dropped(points)
   return out

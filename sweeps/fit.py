@@ -22,12 +22,14 @@ from sweeps import flags as sweep_flags
 from sweeps.jsonio import write_json_atomic
 
 _STORE = sweep_flags.STORE
-_CSV = flags.DEFINE_string("csv", None, "CSV with one row per run (or per step for envelope).")
+_CSV = flags.DEFINE_string("csv", None, "CSV with one row per run (or per logged step, for a "
+                           "law fitted to loss curves: envelope).")
 _COLUMNS = flags.DEFINE_string(
     "columns", "", "KEY:COLUMN pairs mapping N, D, C, loss, run_id to input columns. Store "
     "defaults: N:params,D:tokens,C:flops,loss:final_loss (curves: loss:loss); CSV defaults: "
     "N:N,D:D,C:C,loss:loss. Use N:params_non_embedding to fit non-embedding parameters.")
-_LAW = flags.DEFINE_enum("law", "chinchilla", sorted(laws.LAWS), "Scaling law to fit.")
+_LAW = flags.DEFINE_string("law", "chinchilla", "Scaling law to fit, one of the registered "
+                           f"sweeps.laws: {', '.join(sorted(laws.LAWS))}.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", fitting.FitOptions.bootstrap,
                                   "Bootstrap resamples of runs (0: no intervals).")
 _E_FLOOR = flags.DEFINE_string("e_floor", None, "chinchilla: lower bound on E: 'auto' (the "
@@ -45,6 +47,16 @@ _HOLDOUT = flags.DEFINE_float("holdout_fraction", 0.2, "Share of runs held out f
 _TAU = flags.DEFINE_float("tau", 0.98, "Quantile of the frontier law.")
 _IRREDUCIBLE = flags.DEFINE_bool("irreducible", True, "kaplan: fit an irreducible loss term.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write PNG plots next to fit.json.")
+
+
+def _known_law(name: str) -> bool:
+  # Checked when flags are parsed, so a law registered after import (a plug-in) counts too.
+  if name not in laws.LAWS:
+    raise flags.ValidationError(f"unknown law {name!r}; choose one of {', '.join(laws.LAWS)}")
+  return True
+
+
+flags.register_validator("law", _known_law)
 
 
 def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
@@ -66,9 +78,9 @@ def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
                      f"{'|'.join(wanted)}; skipped: " + ", ".join(
                          f"{r} ({s})" for r, s in zip(skipped["run_id"], skipped["status"])))
     runs = runs[runs["status"].astype(str).isin(wanted)]
-  if law != "envelope":
+  if laws.get(law).rows != laws.CURVES:
     return runs, points_lib.STORE_COLUMNS
-  # The envelope law needs every logged step: join the curves with each run's config/summary.
+  # A law of loss curves needs every logged step: join them with each run's config/summary.
   curves = store_lib.curves(store)
   summary = runs.drop(columns=[c for c in curves.columns if c != "run_id" and c in runs])
   return curves.merge(summary, on="run_id", how="inner"), points_lib.CURVE_COLUMNS
@@ -76,10 +88,11 @@ def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
 
 def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), group_by=None,
         status="done", options=fitting.FitOptions(), plots=True) -> dict:
+  rows = laws.get(law).rows  # an unknown law fails here, before any reading
   frame, defaults = load_table(store, csv, law, status)
   mapping = {**defaults, **points_lib.parse_columns(columns)}
   frame = points_lib.apply_where(frame, where)
-  if law == "envelope" and mapping["run_id"] not in frame and mapping["N"] in frame:
+  if rows == laws.CURVES and mapping["run_id"] not in frame and mapping["N"] in frame:
     # A CSV of loss curves without run ids: rows of one model size form one curve.
     frame = frame.assign(**{mapping["run_id"]: frame[mapping["N"]].astype(str)})
   header = {"law": law, "source": {"store": store, "csv": csv, "where": list(where),

@@ -16,6 +16,8 @@ MIN_HELDOUT_POINTS = 3  # fewer held-out points cannot tell a miss from noise
 
 @dataclasses.dataclass(frozen=True)
 class FitOptions:
+  """How to fit. e_floor, tau and irreducible are read only by the laws that name them in
+  their Law.options; the others ignore them."""
   bootstrap: int = 200  # resamples of runs (with replacement); 0 = no intervals
   seed: int = 0
   holdout_fraction: float = 0.2  # share of runs (whole largest budgets) held out
@@ -109,8 +111,7 @@ def extrapolation(points, law, options, result=None) -> dict:
   cannot be made, never a silent null. A law that returns `_refit_starts` (Approach 3: the
   full fit's best distinct local minima) refits from those instead of its whole start grid:
   the same optimum (tests/sweeps/test_fit.py) at a fifth of the cost."""
-  split = getattr(law, "holdout_split", None) or (
-      lambda p, f: points_lib.holdout_split(p, f, MIN_HELDOUT_POINTS))
+  split = law.holdout_split or (lambda p, f: points_lib.holdout_split(p, f, MIN_HELDOUT_POINTS))
   kept, held = split(points, options.holdout_fraction)
   base = {"holdout_fraction": options.holdout_fraction,
           "n_heldout_runs": int(len(np.unique(points.run_id[held]))),

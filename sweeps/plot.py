@@ -3,13 +3,16 @@
 - `loss_vs_compute`: every run's loss against its training FLOPs, coloured by N, with the
   law's loss curve (the compute-optimal loss for allocating laws, with its interval band,
   dashed where it extrapolates beyond the fitted runs).
-- `isoflop` (chinchilla, isoflop): one colour per FLOP budget; loss against the runs' actual
-  N and, beside it, against their actual tokens D; the fitted curve per budget (the isoflop
-  parabola, or Approach 3 evaluated along the budget's own (N, D) runs) and its minimum;
-  budgets whose minimum is not bracketed are drawn hollow and dotted.
-- `allocation` (chinchilla, isoflop, envelope): N_opt(C), D_opt(C) and D_opt/N_opt with
-  interval bands; the fitted data range is shaded and the extrapolated part dashed.
-- `residuals`: the fit's residuals against training FLOPs with a zero line, by budget.
+- the law's own figures (`Law.figures`), e.g. `isoflop` (chinchilla, isoflop): one colour per
+  FLOP budget; loss against the runs' actual N and, beside it, against their actual tokens D;
+  the law's curve per budget (`Law.budget_curve`) and its minimum; budgets whose minimum is
+  not bracketed are drawn hollow and dotted.
+- `allocation` (laws that allocate): N_opt(C), D_opt(C) and D_opt/N_opt with interval bands;
+  the fitted data range is shaded and the extrapolated part dashed.
+- `residuals`: the fit's residuals against training FLOPs with a zero line, drawn by the
+  law's `Law.residuals` hook (by index without one).
+
+Nothing here names a law: what a figure shows of one comes from its `sweeps.laws.Law`.
 
 Every figure carries the law's form, its fitted parameters with their intervals and the
 fit's quality. Each `*_figure` function returns the figure unsaved (tests inspect them);
@@ -27,14 +30,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sweeps import allocation  # noqa: E402
-from sweeps.laws import chinchilla, frontier, isoflop, kaplan  # noqa: E402,F401
+from sweeps import laws  # noqa: E402
+from sweeps.laws import base, frontier  # noqa: E402,F401  (plot.frontier: a re-export)
 from sweeps.plot_allocation import (allocation_figure, fitted_range,  # noqa: E402,F401
                                     loss_vs_compute_figure)
 from sweeps.plot_isoflop import (MAX_LEGEND_BUDGETS, budget_colors, budget_label,  # noqa: E402,F401
                                  budgets, colors_for, isoflop_figure)
 from sweeps.plot_residuals import residuals_figure  # noqa: E402
-from sweeps.plot_text import (FORMS, LABEL, diagnostic_lines, info_text,  # noqa: E402,F401
+from sweeps.plot_text import (LABEL, diagnostic_lines, info_text,  # noqa: E402,F401
                               interval_note, num, param_lines, quality_text, sci, title)
 
 DPI = 120
@@ -45,11 +48,10 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fo
 
 def figures(fit_obj: dict, points) -> list:
   """(file name, figure) for every plot that applies to the fit's law, in write order."""
-  law = fit_obj["law"]
+  law = laws.get(fit_obj["law"])
   out = [("loss_vs_compute.png", loss_vs_compute_figure)]
-  if law in ("chinchilla", "isoflop"):
-    out.append(("isoflop.png", isoflop_figure))
-  if law in allocation.ALLOCATING:
+  out += [(name, base.resolve(make)) for name, make in law.figures]
+  if law.allocates:
     out.append(("allocation.png", allocation_figure))
   out.append(("residuals.png", residuals_figure))
   return out

@@ -1,9 +1,9 @@
 """Figures against training FLOPs C that show what the law extrapolates to: the loss against
-compute (every run, with the law's compute-optimal loss, Kaplan L(C) or the frontier curve,
-and the irreducible loss) and the compute-optimal allocation N_opt(C), D_opt(C) and
-D_opt/N_opt with measured optima. Both shade the FLOP range the law was fitted on
-(`fitted_range`) and draw the law solid inside it and dashed where it extrapolates, with its
-bootstrap interval band.
+compute (every run, with the law's `Law.loss_curve` — its compute-optimal loss, Kaplan L(C)
+or the frontier — and its `Law.asymptote`) and the compute-optimal allocation N_opt(C),
+D_opt(C) and D_opt/N_opt with measured optima (`Law.optima`). Both shade the FLOP range the
+law was fitted on (`fitted_range`) and draw the law solid inside it and dashed where it
+extrapolates, with its bootstrap interval band.
 """
 import matplotlib
 
@@ -13,10 +13,9 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from sweeps import allocation  # noqa: E402
-from sweeps.laws import frontier, kaplan  # noqa: E402
-from sweeps.plot_isoflop import budgets  # noqa: E402
-from sweeps.plot_text import (FORMS, LABEL, _finite_interval, _info_box, _symbol,  # noqa: E402
-                              interval_note, num, title)
+from sweeps.laws import base  # noqa: E402
+from sweeps.plot_text import (LABEL, _finite_interval, _info_box, _symbol,  # noqa: E402
+                              interval_note, law_of, num, title)
 
 
 def _draw_band_split(ax, c, value, lo, hi, c_lo, c_hi, color="black", label=None):
@@ -38,16 +37,26 @@ def _plain_log_y(ax):
 
 
 def fitted_range(fit_obj: dict, points):
-  """(C_lo, C_hi, label): the FLOP range the law was fitted on. An isoflop law sees only the
-  budgets whose minimum it found, so its range is theirs, not every run's."""
-  if fit_obj["law"] == "isoflop":
-    fitted = fit_obj.get("budgets") or {}
-    c = np.asarray(fitted.get("C") or [], float)
-    n = np.asarray([np.nan if v is None else v for v in fitted.get("N_opt") or []], float)
-    if len(c) == len(n) and np.isfinite(n).sum() >= 1:
-      used = c[np.isfinite(n)]
-      return float(used.min()), float(used.max()), "FLOP range of the fitted budgets"
-  return float(points.C.min()), float(points.C.max()), "fitted runs' FLOP range"
+  """(C_lo, C_hi, label): the FLOP range the law was fitted on (Law.fitted_range, e.g. an
+  isoflop law's budgets whose minimum it found), else every run's."""
+  hook = base.resolve(law_of(fit_obj).fitted_range)
+  found = hook(fit_obj, points) if hook else None
+  return found or (float(points.C.min()), float(points.C.max()), "fitted runs' FLOP range")
+
+
+def _loss_curve(fit_obj: dict, c):
+  """(value, lo, hi, label) of the law on loss_vs_compute, or None."""
+  law = law_of(fit_obj)
+  if law.loss_curve is not None:
+    return base.resolve(law.loss_curve)(fit_obj, c)
+  if law.allocates:
+    return (*allocation.allocate(fit_obj, c)["loss"], "loss at the compute-optimal N")
+  return None
+
+
+def _optima(fit_obj: dict, points):
+  hook = base.resolve(law_of(fit_obj).optima)
+  return hook(fit_obj, points) if hook else None
 
 
 def _data_range(ax, c_lo, c_hi, label=None):
@@ -57,7 +66,6 @@ def _data_range(ax, c_lo, c_hi, label=None):
 
 
 def loss_vs_compute_figure(fit_obj: dict, points):
-  law = fit_obj["law"]
   params = {**fit_obj.get("params", {}), **(fit_obj.get("derived") or {})}
   c_lo, c_hi, range_label = fitted_range(fit_obj, points)
   fig, ax = plt.subplots(figsize=(8.5, 5.5), layout="constrained")
@@ -73,28 +81,20 @@ def loss_vs_compute_figure(fit_obj: dict, points):
                   zorder=3, label="runs")
   fig.colorbar(sc, ax=ax, label="log10 parameters N")
   c = np.geomspace(min(c_lo, points.C.min()) / 3, max(c_hi, points.C.max()) * 30, 300)
-  if law in allocation.ALLOCATING:
-    value, lo, hi = allocation.allocate(fit_obj, c)["loss"]
-    _draw_band_split(ax, c, value, lo, hi, c_lo, c_hi, color="tab:red",
-                     label="loss at the compute-optimal N")
-  elif law == "kaplan":
-    _draw_band_split(ax, c, kaplan.predict(params, "C", c), c * np.nan, c * np.nan, c_lo, c_hi,
-                     color="tab:red", label="Kaplan L(C)")
-  elif law == "frontier":
-    _draw_band_split(ax, c, frontier.curve(params, c), c * np.nan, c * np.nan, c_lo, c_hi,
-                     color="tab:red", label=f"frontier, τ = {fit_obj.get('tau')}")
-  if law == "isoflop":
-    fitted = fit_obj.get("budgets") or {}
-    ax.scatter(fitted.get("C", []), np.asarray(fitted.get("loss_min", []), float), marker="*",
-               s=180, color="tab:red", edgecolors="black", zorder=4,
-               label="per-budget parabola minima")
-  floor_key = {"chinchilla": "E", "kaplan": "E_C", "frontier": "floor"}.get(law, "loss_E")
+  curve = _loss_curve(fit_obj, c)
+  if curve is not None:
+    value, lo, hi, label = curve
+    _draw_band_split(ax, c, value, lo, hi, c_lo, c_hi, color="tab:red", label=label)
+  optima = _optima(fit_obj, points)
+  if optima is not None and optima.get("loss") is not None:
+    ax.scatter(optima["C"], optima["loss"], marker="*", s=180, color="tab:red",
+               edgecolors="black", zorder=4, label=optima["label"])
+  floor_key, floor_label = law_of(fit_obj).asymptote
   floor = params.get(floor_key)
   if floor is not None and np.isfinite(floor) and 0.3 * points.loss.min() <= floor \
       <= points.loss.max():  # off scale (a degenerate fit) it is in the text box only
     ax.axhline(floor, color="0.4", ls=":", lw=1.2,
-               label=("asymptote" if law == "frontier" else "irreducible loss")
-               + f" {_symbol(floor_key)} = {num(floor)}")
+               label=f"{floor_label} {_symbol(floor_key)} = {num(floor)}")
   ax.axvspan(c_lo, c_hi, color="tab:blue", alpha=0.05, lw=0, label=range_label)
   ax.set(xscale="log", xlabel=LABEL["C"], ylabel=LABEL["loss"],
          title=title(fit_obj, "loss vs compute"))
@@ -105,57 +105,31 @@ def loss_vs_compute_figure(fit_obj: dict, points):
   return fig
 
 
-def allocation_figure(fit_obj: dict, points):
-  """N_opt(C), D_opt(C) and tokens per parameter, with bands; data range shaded."""
-  law = fit_obj["law"]
-  c_lo, c_hi, range_label = fitted_range(fit_obj, points)
-  c = np.geomspace(min(c_lo, points.C.min()) / 10, max(c_hi, points.C.max()) * 1000, 300)
-  alloc = allocation.allocate(fit_obj, c)
-  intervals = fit_obj.get("intervals") or {}
+def _measured(ax, key, optima):
+  """The law's measured optima (Law.optima) on the N_opt, D_opt or D/N panel."""
+  n, d = optima["N"], optima.get("D")
+  y = {"N_opt": n, "D_opt": d, "tokens_per_param": None if d is None else d / n}[key]
+  if y is None:
+    return
+  ok = np.isfinite(y)
+  big = optima.get("big", False)
+  ax.scatter(optima["C"][ok], y[ok], s=40 if big else 8, zorder=4, color="tab:orange",
+             edgecolors="black" if big else "none", label=optima["label"])
+
+
+def _exponent_note(ax, key, fit_obj):
+  """'N_opt ∝ C^a, a = 0.5 [lo, hi]' in the panel's corner."""
+  e = {"N_opt": "a", "D_opt": "b"}[key]
   params = {**fit_obj.get("params", {}), **(fit_obj.get("derived") or {})}
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), layout="constrained")
-  measured = None
-  if law == "isoflop":
-    fitted = fit_obj.get("budgets") or {}
-    # The vertices of the isoflop figure: N_opt of each budget's parabola, and the tokens the
-    # budget's runs actually trained on at that size (equal to C/6N_opt when D = C/6N).
-    found = [e for e in budgets(fit_obj, points) if e["vertex"] is not None]
-    mc = np.asarray([e["C"] for e in found], float)
-    mn, md = (np.asarray([e["vertex"][k] for e in found], float) for k in (0, 1))
-    measured = (mc, mn, md, "per-budget parabola minima")
-  elif law == "envelope":
-    env = fit_obj.get("envelope") or {}
-    mc = np.asarray(env.get("C") or [], float)
-    mn = np.asarray([np.nan if v is None else v for v in env.get("N_opt") or []], float)
-    measured = (mc, mn, None, "envelope minimisers")
-  exponent = {"N_opt": "a", "D_opt": "b"}
-  for i, (ax, key, ylabel) in enumerate(zip(
-      axes, ("N_opt", "D_opt", "tokens_per_param"),
-      ("compute-optimal " + LABEL["N"], "compute-optimal " + LABEL["D"],
-       "tokens per parameter D_opt / N_opt"))):
-    value, lo, hi = alloc[key]
-    _data_range(ax, c_lo, c_hi, label=range_label if i == 0 else None)
-    _draw_band_split(ax, c, value, lo, hi, c_lo, c_hi, label="fitted law" if i == 0 else None)
-    if measured is not None:
-      y = {"N_opt": measured[1], "D_opt": measured[2]}.get(key)
-      if key == "tokens_per_param" and measured[2] is not None:
-        y = measured[2] / measured[1]
-      if y is not None:
-        ok = np.isfinite(y)
-        ax.scatter(measured[0][ok], y[ok], s=40 if law == "isoflop" else 8, zorder=4,
-                   color="tab:orange", edgecolors="black" if law == "isoflop" else "none",
-                   label=measured[3])
-    if key in exponent:
-      e = exponent[key]
-      text = rf"${key[0]}_{{opt}} \propto C^{{{e}}}$,  {e} = {num(params.get(e))}"
-      interval = _finite_interval(intervals.get(e))
-      if interval:
-        text += f"  [{num(interval[0])}, {num(interval[1])}]"
-      ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9.5,
-              bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "ec": "0.7"})
-    ax.set(xscale="log", yscale="log", xlabel=LABEL["C"], ylabel=ylabel)
-    if key == "tokens_per_param":
-      _plain_log_y(ax)
+  text = rf"${key[0]}_{{opt}} \propto C^{{{e}}}$,  {e} = {num(params.get(e))}"
+  interval = _finite_interval((fit_obj.get("intervals") or {}).get(e))
+  if interval:
+    text += f"  [{num(interval[0])}, {num(interval[1])}]"
+  ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9.5,
+          bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "ec": "0.7"})
+
+
+def _allocation_legend(axes, fit_obj, alloc):
   handles, labels = axes[0].get_legend_handles_labels()
   more_h, more_l = axes[2].get_legend_handles_labels()
   if np.isfinite(alloc["N_opt"][1]).any():
@@ -164,7 +138,32 @@ def allocation_figure(fit_obj: dict, points):
   axes[0].legend(handles + [h for h, l in zip(more_h, more_l) if l not in labels],
                  labels + [l for l in more_l if l not in labels], loc="lower right",
                  fontsize=8)
-  form = FORMS.get(law, [])
-  suffix = f" · {form[1 if law == 'chinchilla' else 0]}" if form else ""
-  fig.suptitle(title(fit_obj, "compute-optimal allocation") + suffix, fontsize=12)
+
+
+def allocation_figure(fit_obj: dict, points):
+  """N_opt(C), D_opt(C) and tokens per parameter, with bands; data range shaded."""
+  c_lo, c_hi, range_label = fitted_range(fit_obj, points)
+  c = np.geomspace(min(c_lo, points.C.min()) / 10, max(c_hi, points.C.max()) * 1000, 300)
+  alloc = allocation.allocate(fit_obj, c)
+  optima = _optima(fit_obj, points)
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), layout="constrained")
+  for i, (ax, key, ylabel) in enumerate(zip(
+      axes, ("N_opt", "D_opt", "tokens_per_param"),
+      ("compute-optimal " + LABEL["N"], "compute-optimal " + LABEL["D"],
+       "tokens per parameter D_opt / N_opt"))):
+    value, lo, hi = alloc[key]
+    _data_range(ax, c_lo, c_hi, label=range_label if i == 0 else None)
+    _draw_band_split(ax, c, value, lo, hi, c_lo, c_hi, label="fitted law" if i == 0 else None)
+    if optima is not None:
+      _measured(ax, key, optima)
+    if key != "tokens_per_param":
+      _exponent_note(ax, key, fit_obj)
+    ax.set(xscale="log", yscale="log", xlabel=LABEL["C"], ylabel=ylabel)
+    if key == "tokens_per_param":
+      _plain_log_y(ax)
+  _allocation_legend(axes, fit_obj, alloc)
+  # The form line of the allocation itself, where the law writes one.
+  form = [f for f in law_of(fit_obj).form if "N_{opt}" in f]
+  fig.suptitle(title(fit_obj, "compute-optimal allocation")
+               + (f" · {form[0]}" if form else ""), fontsize=12)
   return fig

@@ -1,8 +1,8 @@
 """The IsoFLOP figure and the per-budget grouping it is built on. `budgets` splits the runs
-into FLOP budgets and, per budget, evaluates the law along the runs' actual (N, D) (the
-Approach 3 loss, or the isoflop law's fitted parabola), finds the fitted minimum and whether
-the budget's sizes bracket it; `isoflop_figure` draws loss against N and against D per
-budget. The budget colours, legend and colour bar live here too, and the allocation and
+into FLOP budgets and, per budget, evaluates the law along the runs' actual (N, D) (its
+`Law.budget_curve` hook: the Approach 3 loss, or the isoflop law's fitted parabola), with
+the fitted minimum and whether the budget's sizes bracket it; `isoflop_figure` draws loss
+against N and against D per budget. The budget colours, legend and colour bar live here too, and the allocation and
 residual figures reuse them so that a budget has one colour across all plots.
 """
 import matplotlib
@@ -13,8 +13,9 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from sweeps.laws import chinchilla, isoflop  # noqa: E402
-from sweeps.plot_text import LABEL, info_text, sci, title  # noqa: E402
+from sweeps import points as points_lib  # noqa: E402
+from sweeps.laws import base  # noqa: E402
+from sweeps.plot_text import LABEL, info_text, law_of, sci, title  # noqa: E402
 
 MAX_LEGEND_BUDGETS = 12  # more budgets than this: a colour bar of log10 C instead of a legend
 
@@ -36,22 +37,6 @@ def _log_interp(x_new, x, y):
   return np.exp(np.interp(np.log(x_new), np.log(x), np.log(y)))
 
 
-def _fit_budget_index(fit_obj: dict, c: float):
-  """Index of the fit_obj['budgets'] entry at FLOPs c (same bucket), or None."""
-  budget_c = np.asarray((fit_obj.get("budgets") or {}).get("C") or [], np.float64)
-  if not budget_c.size:
-    return None
-  gap = np.abs(np.log10(budget_c) - np.log10(c))
-  g = int(np.argmin(gap))
-  return g if gap[g] <= isoflop.BUCKET_DECADES else None
-
-
-def _flag(values, g):
-  if values is None or g is None or g >= len(values) or values[g] is None:
-    return None
-  return bool(values[g])
-
-
 def budgets(fit_obj: dict, points, grid: int = 200) -> list[dict]:
   """Per FLOP budget (ascending C): its runs, the law's curve along the runs' actual (N, D),
   the fitted minimum, and whether that minimum is bracketed by the budget's sizes.
@@ -59,10 +44,9 @@ def budgets(fit_obj: dict, points, grid: int = 200) -> list[dict]:
   The curve's D(n) is interpolated log-linearly between the budget's own runs, so a run that
   trained on more or fewer tokens than C/6N is plotted (and the law evaluated) where it is.
   """
-  law = fit_obj["law"]
+  along = base.resolve(law_of(fit_obj).budget_curve)
   params = {**fit_obj.get("params", {}), **(fit_obj.get("derived") or {})}
-  fitted = fit_obj.get("budgets") or {}
-  bucket = isoflop.buckets(points.C)
+  bucket = points_lib.buckets(points.C)
   flagged = _unbracketed_in_diagnostics(fit_obj)
   out = []
   for b in range(int(bucket.max()) + 1):
@@ -74,34 +58,24 @@ def budgets(fit_obj: dict, points, grid: int = 200) -> list[dict]:
     d_nodes = np.array([np.exp(np.mean(np.log(d_runs[n_runs == n]))) for n in uniq])
     entry = {"C": c, "mask": sel, "N": n_runs, "D": d_runs, "loss": points.loss[sel],
              "curve": None, "vertex": None, "bracketed": None}
-    g = _fit_budget_index(fit_obj, c) if law == "isoflop" else None
-    if len(uniq) >= 2:
-      n = np.geomspace(uniq[0], uniq[-1], grid)
-      d = _log_interp(n, uniq, d_nodes)
-      if law == "chinchilla":
-        loss = chinchilla.predict(params, n, d)
-        if np.isfinite(loss).any():
-          i = int(np.nanargmin(loss))
-          entry["vertex"] = (n[i], d[i], loss[i])
-          entry["bracketed"] = 0 < i < grid - 1
-          entry["curve"] = (n, d, loss)
-      elif law == "isoflop" and g is not None and g < len(fitted.get("parabola") or []):
-        p0, p1, p2 = (float("nan") if v is None else v for v in fitted["parabola"][g])
-        if np.isfinite(p2):
-          x = np.log(n)
-          entry["curve"] = (n, d, p0 + p1 * x + p2 * x ** 2)
-    if law == "isoflop" and g is not None:
-      n_opt = (fitted.get("N_opt") or [None] * (g + 1))[g]
-      l_min = (fitted.get("loss_min") or [None] * (g + 1))[g]
-      ok = n_opt is not None and l_min is not None and np.isfinite(n_opt) and np.isfinite(l_min)
-      if ok:
-        entry["vertex"] = (n_opt, float(_log_interp(n_opt, uniq, d_nodes)), l_min)
-      flag = _flag(fitted.get("bracketed"), g)
-      entry["bracketed"] = ok if flag is None else flag and ok
-    if any(abs(np.log10(u) - np.log10(c)) <= isoflop.BUCKET_DECADES for u in flagged):
+    if along is not None:
+      n = np.geomspace(uniq[0], uniq[-1], grid) if len(uniq) >= 2 else None
+      d = None if n is None else _log_interp(n, uniq, d_nodes)
+      d_of = lambda n_new, uniq=uniq, d_nodes=d_nodes: _log_interp(n_new, uniq, d_nodes)
+      entry.update(along(fit_obj, params, entry, n, d, d_of))
+    if any(abs(np.log10(u) - np.log10(c)) <= points_lib.BUCKET_DECADES for u in flagged):
       entry["bracketed"] = False
     out.append(entry)
   return out
+
+
+def budget_optima(fit_obj: dict, points) -> dict:
+  """The budgets' fitted minima (Law.optima of a law with per-budget minima): C, N_opt, the
+  tokens the budget's runs trained on at that size (C/6N_opt when D = C/6N), and loss."""
+  found = [e for e in budgets(fit_obj, points) if e["vertex"] is not None]
+  n, d, loss = (np.asarray([e["vertex"][k] for e in found], float) for k in (0, 1, 2))
+  return {"C": np.asarray([e["C"] for e in found], float), "N": n, "D": d, "loss": loss,
+          "label": "per-budget parabola minima", "big": True}
 
 
 def _unbracketed_in_diagnostics(fit_obj: dict) -> list[float]:
@@ -166,8 +140,7 @@ def isoflop_figure(fit_obj: dict, points):
   ax_d.sharey(ax_n)
   for ax in (ax_n, ax_d):  # minor-tick labels of a 1-2 decade log axis overlap
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-  curve_what = {"chinchilla": "L(N, D) along each budget's runs",
-                "isoflop": "parabola in log N per budget"}.get(fit_obj["law"], "fit")
+  curve_what = law_of(fit_obj).budget_curve_label
   extra = [Line2D([], [], color="0.3", lw=1.6, label=f"fit: {curve_what}"),
            Line2D([], [], ls="", marker="*", ms=13, mfc="0.6", mec="black",
                   label="fitted minimum per budget")]

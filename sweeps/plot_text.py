@@ -2,24 +2,23 @@
 lines with their bootstrap intervals, the fit's quality and diagnostics, figure titles, and
 the white info box that carries them on an axes. Pure string building plus one `ax.text`
 call, so it needs no pyplot; every other `sweeps.plot_*` module takes its wording from here
-so that the figures read alike.
+so that the figures read alike. What a figure says about its law comes from `law_of`.
 """
 import math
 
 import numpy as np
 
-FORMS = {
-    "chinchilla": [r"$L(N, D) = E + A/N^{\alpha} + B/D^{\beta}$",
-                   r"$N_{opt} = G\,(C/6)^{a},\ D_{opt} = G^{-1}(C/6)^{b}$"],
-    "isoflop": [r"$N_{opt} = N_{coef}\,C^{a},\ D_{opt} = D_{coef}\,C^{b}$",
-                r"$L_{opt} = loss_{coef}\,C^{loss_{exp}}$"],
-    "envelope": [r"$N_{opt} = N_{coef}\,C^{a},\ D_{opt} = D_{coef}\,C^{b}$",
-                 r"$L_{opt} = loss_{coef}\,C^{loss_{exp}}$"],
-    "kaplan": [r"$L(X) = E_X + (X_c/X)^{\alpha_X},\ X \in \{N, D, C\}$"],
-    "frontier": [r"$L_q(C) = floor + span\,\sigma(-k(\log_{10}C - z_0))$"],
-}
+from sweeps import laws
+
 LABEL = {"N": "parameters N", "D": "tokens D", "C": "training FLOPs C",
          "loss": "loss (nats/token)"}
+
+
+def law_of(fit_obj: dict) -> laws.Law:
+  """The fit's registered law; an unregistered name gets a law without hooks (drawn plainly)."""
+  name = fit_obj.get("law")
+  return laws.LAWS.get(name) or laws.Law(name=str(name), fit=None, bootstrap=None,
+                                         extrapolate=None)
 
 
 def sci(x) -> str:
@@ -108,7 +107,7 @@ def title(fit_obj: dict, what: str) -> str:
 
 def info_text(fit_obj: dict) -> str:
   """The law's form, its parameters with intervals, and the fit's quality and diagnostics."""
-  lines = list(FORMS.get(fit_obj["law"], [fit_obj["law"]]))
+  lines = list(law_of(fit_obj).form or [fit_obj["law"]])
   lines += [""] + param_lines(fit_obj) + [interval_note(fit_obj)]
   extra = [quality_text(fit_obj)] if fit_obj.get("quality") else []
   extra += diagnostic_lines(fit_obj)

@@ -1,16 +1,36 @@
-"""Scaling laws. Each module has NAME and:
-
-  fit(points, options) -> dict with params, derived, objective, residuals, method
-      (keys starting with "_" are private state for bootstrap, not written to fit.json)
-  bootstrap(points, options, result, weights_RN) -> {name: values_R} for params and derived
-  extrapolate(result, heldout_points) -> dict of errors on held-out runs
+"""Scaling laws: each module defines LAW, a `base.Law` (the protocol: name, fit, bootstrap,
+extrapolate, and optional allocation, rows, plot hooks), registered below. Adding a law is
+one module and its name in the registration line; sweeps.fit, fitting, plot and allocation
+look everything up through `get`.
 """
 from sweeps.laws import chinchilla, envelope, frontier, isoflop, kaplan
+from sweeps.laws.base import CURVES, RUNS, Law  # noqa: F401
 
-LAWS = {law.NAME: law for law in (chinchilla, isoflop, envelope, kaplan, frontier)}
+LAWS: dict = {}
 
 
-def get(name: str):
+def register(law: Law) -> Law:
+  """Makes `law` available by its name (to `get`, --law and fit.json readers)."""
+  if not isinstance(law, Law):
+    raise TypeError(f"register a sweeps.laws.Law, not {type(law).__name__}")
+  LAWS[law.name] = law
+  return law
+
+
+def unregister(name: str) -> None:
+  LAWS.pop(name, None)
+
+
+def get(name: str) -> Law:
   if name not in LAWS:
     raise ValueError(f"unknown law {name!r}; choose one of {', '.join(LAWS)}")
   return LAWS[name]
+
+
+def allocating() -> list[str]:
+  """Names of the laws that prescribe N_opt(C), D_opt(C)."""
+  return [name for name, law in LAWS.items() if law.allocates]
+
+
+for _law in (chinchilla, isoflop, envelope, kaplan, frontier):
+  register(_law.LAW)

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from sweeps import lbfgs
+from sweeps.laws import base
 
 NAME = "chinchilla"
 DELTA = 1e-3
@@ -155,3 +156,28 @@ def extrapolate(result, heldout) -> dict:
   return {"target": "loss", "run_id": heldout.run_id.tolist(),
           "relative_error": rel.tolist(), "mean_abs_relative_error": float(np.mean(np.abs(rel))),
           "max_abs_relative_error": float(np.max(np.abs(rel)))}
+
+
+def along_budget(fit_obj, params, entry, n_G, d_G, d_of) -> dict:
+  """IsoFLOP figure: L(N, D) along one budget's runs (n_G, d_G: None below 2 sizes), its
+  minimum, and whether the minimum is inside the sizes run."""
+  if n_G is None:
+    return {}
+  loss_G = predict(params, n_G, d_G)
+  if not np.isfinite(loss_G).any():
+    return {}
+  i = int(np.nanargmin(loss_G))
+  return {"vertex": (n_G[i], d_G[i], loss_G[i]), "bracketed": 0 < i < len(loss_G) - 1,
+          "curve": (n_G, d_G, loss_G)}
+
+
+LAW = base.Law(
+    name=NAME, fit=fit, bootstrap=bootstrap, extrapolate=extrapolate, allocation=allocation,
+    options=("e_floor",), n_params=len(PARAMS), isoflop_grid=True,
+    checks=("sweeps.diagnostics:loss_exponents", "sweeps.diagnostics:irreducible_floor"),
+    form=(r"$L(N, D) = E + A/N^{\alpha} + B/D^{\beta}$",
+          r"$N_{opt} = G\,(C/6)^{a},\ D_{opt} = G^{-1}(C/6)^{b}$"),
+    figures=(("isoflop.png", "sweeps.plot_isoflop:isoflop_figure"),),
+    asymptote=("E", "irreducible loss"), residuals="sweeps.plot_residuals:log_loss_per_point",
+    budget_curve=along_budget,
+    budget_curve_label="L(N, D) along each budget's runs")

@@ -7,7 +7,7 @@ linearly in log C inside the FLOP range it covers.
 """
 import numpy as np
 
-from sweeps.laws import powerlaw
+from sweeps.laws import base, powerlaw
 
 NAME = "envelope"
 GRID = 250
@@ -99,3 +99,19 @@ def extrapolate(result, heldout) -> dict:
   return {"target": "final loss vs envelope L_opt(C)", "run_id": runs.tolist(),
           "relative_error": rel.tolist(), "mean_abs_relative_error": float(np.mean(np.abs(rel))),
           "max_abs_relative_error": float(np.max(np.abs(rel)))}
+
+
+def optima(fit_obj: dict, points) -> dict:
+  """The envelope's minimising runs' N per FLOP grid value (allocation figure)."""
+  env = fit_obj.get("envelope") or {}
+  n = np.asarray([np.nan if v is None else v for v in env.get("N_opt") or []], float)
+  return {"C": np.asarray(env.get("C") or [], float), "N": n, "D": None, "loss": None,
+          "label": "envelope minimisers", "big": False}
+
+
+LAW = base.Law(
+    name=NAME, fit=fit, bootstrap=bootstrap, extrapolate=extrapolate, allocation=allocation,
+    rows=base.CURVES,
+    form=(r"$N_{opt} = N_{coef}\,C^{a},\ D_{opt} = D_{coef}\,C^{b}$",
+          r"$L_{opt} = loss_{coef}\,C^{loss_{exp}}$"),
+    optima=optima, residuals="sweeps.plot_residuals:envelope_grid")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sweeps import lbfgs
+from sweeps.laws import base
 
 NAME = "frontier"
 SMOOTHING = 1e-3  # pinball smoothing width, relative to the mean loss
@@ -90,3 +91,16 @@ def extrapolate(result, heldout) -> dict:
   return {"target": "coverage", "tau": result["tau"], "coverage": float(np.mean(covered)),
           "coverage_error": float(np.mean(covered) - result["tau"]),
           "n_heldout_points": len(heldout)}
+
+
+def loss_curve(fit_obj: dict, c):
+  """The frontier curve on the loss-vs-compute figure."""
+  nan = np.full(np.shape(c), np.nan)
+  return curve(fit_obj["params"], c), nan, nan, f"frontier, τ = {fit_obj.get('tau')}"
+
+
+LAW = base.Law(
+    name=NAME, fit=fit, bootstrap=bootstrap, extrapolate=extrapolate, options=("tau",),
+    form=(r"$L_q(C) = floor + span\,\sigma(-k(\log_{10}C - z_0))$",),
+    loss_curve=loss_curve, asymptote=("floor", "asymptote"),
+    residuals="sweeps.plot_residuals:loss_per_point")

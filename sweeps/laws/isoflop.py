@@ -10,7 +10,7 @@ L_opt = loss_E + loss_coef * C^loss_exp (powerlaw.loss_floor picks loss_E), for 
 import numpy as np
 
 from sweeps import points as points_lib
-from sweeps.laws import powerlaw
+from sweeps.laws import base, powerlaw
 
 NAME = "isoflop"
 BUCKET_DECADES = points_lib.BUCKET_DECADES
@@ -150,3 +150,64 @@ def extrapolate(result, heldout) -> dict:
   return {"target": "N_opt", "C": c_g[ok].tolist(), "relative_error": rel.tolist(),
           "mean_abs_relative_error": float(np.mean(np.abs(rel))),
           "max_abs_relative_error": float(np.max(np.abs(rel)))}
+
+
+def _fit_budget_index(fit_obj: dict, c: float):
+  """Index of the fit_obj['budgets'] entry at FLOPs c (same bucket), or None."""
+  budget_c = np.asarray((fit_obj.get("budgets") or {}).get("C") or [], np.float64)
+  if not budget_c.size:
+    return None
+  gap = np.abs(np.log10(budget_c) - np.log10(c))
+  g = int(np.argmin(gap))
+  return g if gap[g] <= BUCKET_DECADES else None
+
+
+def _flag(values, g):
+  if values is None or g is None or g >= len(values) or values[g] is None:
+    return None
+  return bool(values[g])
+
+
+def along_budget(fit_obj, params, entry, n_G, d_G, d_of) -> dict:
+  """IsoFLOP figure: the budget's fitted parabola in log N (n_G: None below 2 sizes), its
+  vertex (tokens d_of(N_opt) from the budget's runs) and whether it is bracketed."""
+  fitted = fit_obj.get("budgets") or {}
+  g = _fit_budget_index(fit_obj, entry["C"])
+  if g is None:
+    return {}
+  out = {}
+  if n_G is not None and g < len(fitted.get("parabola") or []):
+    p0, p1, p2 = (float("nan") if v is None else v for v in fitted["parabola"][g])
+    if np.isfinite(p2):
+      x = np.log(n_G)
+      out["curve"] = (n_G, d_G, p0 + p1 * x + p2 * x ** 2)
+  n_opt = (fitted.get("N_opt") or [None] * (g + 1))[g]
+  l_min = (fitted.get("loss_min") or [None] * (g + 1))[g]
+  ok = n_opt is not None and l_min is not None and np.isfinite(n_opt) and np.isfinite(l_min)
+  if ok:
+    out["vertex"] = (n_opt, float(d_of(n_opt)), l_min)
+  flag = _flag(fitted.get("bracketed"), g)
+  out["bracketed"] = ok if flag is None else flag and ok
+  return out
+
+
+def fitted_range(fit_obj: dict, points):
+  """The FLOP range of the budgets whose minimum the fit found (None: not recorded)."""
+  fitted = fit_obj.get("budgets") or {}
+  c = np.asarray(fitted.get("C") or [], float)
+  n = np.asarray([np.nan if v is None else v for v in fitted.get("N_opt") or []], float)
+  if len(c) == len(n) and np.isfinite(n).sum() >= 1:
+    used = c[np.isfinite(n)]
+    return float(used.min()), float(used.max()), "FLOP range of the fitted budgets"
+  return None
+
+
+LAW = base.Law(
+    name=NAME, fit=fit, bootstrap=bootstrap, extrapolate=extrapolate, allocation=allocation,
+    holdout_split=holdout_split, isoflop_grid=True,
+    form=(r"$N_{opt} = N_{coef}\,C^{a},\ D_{opt} = D_{coef}\,C^{b}$",
+          r"$L_{opt} = loss_{coef}\,C^{loss_{exp}}$"),
+    figures=(("isoflop.png", "sweeps.plot_isoflop:isoflop_figure"),),
+    fitted_range=fitted_range, optima="sweeps.plot_isoflop:budget_optima",
+    residuals="sweeps.plot_residuals:per_budget_optimum", budget_curve=along_budget,
+    budget_curve_label="parabola in log N per budget")

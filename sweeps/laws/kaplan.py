@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sweeps import lbfgs
+from sweeps.laws import base
 
 NAME = "kaplan"
 VARIABLES = ("N", "D", "C")
@@ -96,8 +97,8 @@ def fit(points, options=None) -> dict:
     residuals += (np.log(predict(params, variable, x[sel])) - np.log(points.loss[sel])).tolist()
   return {"params": params, "derived": {}, "irreducible": irreducible, "residuals": residuals,
           "method": ("Kaplan et al. 2020 single-variable power laws on log L (least squares, "
-                     "optax L-BFGS), each on the loss frontier in its variable" + (", with an irreducible term E_X" if irreducible
-                                               else "")),
+                     "optax L-BFGS), each on the loss frontier in its variable"
+                     + (", with an irreducible term E_X" if irreducible else "")),
           "_starts": starts}
 
 
@@ -122,3 +123,17 @@ def extrapolate(result, heldout) -> dict:
   out["mean_abs_relative_error"] = float(np.mean(np.abs(rel)))
   out["max_abs_relative_error"] = float(np.max(np.abs(rel)))
   return out
+
+
+def loss_curve(fit_obj: dict, c):
+  """Kaplan L(C) on the loss-vs-compute figure (no band: intervals are per parameter)."""
+  params = {**fit_obj.get("params", {}), **(fit_obj.get("derived") or {})}
+  nan = np.full(np.shape(c), np.nan)
+  return predict(params, "C", c), nan, nan, "Kaplan L(C)"
+
+
+LAW = base.Law(
+    name=NAME, fit=fit, bootstrap=bootstrap, extrapolate=extrapolate, options=("irreducible",),
+    form=(r"$L(X) = E_X + (X_c/X)^{\alpha_X},\ X \in \{N, D, C\}$",),
+    loss_curve=loss_curve, asymptote=("E_C", "irreducible loss"),
+    residuals="sweeps.plot_residuals:kaplan_frontiers")
