@@ -47,6 +47,7 @@ _HOLDOUT = flags.DEFINE_float("holdout_fraction", 0.2, "Share of runs held out f
 _TAU = flags.DEFINE_float("tau", 0.98, "Quantile of the frontier law.")
 _IRREDUCIBLE = flags.DEFINE_bool("irreducible", True, "kaplan: fit an irreducible loss term.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write PNG plots next to fit.json.")
+LAW_OPTIONS = ("e_floor", "tau", "irreducible")  # flags of FitOptions fields some laws read
 
 
 def _known_law(name: str) -> bool:
@@ -186,6 +187,15 @@ def _cell(value, interval) -> str:
   return text
 
 
+def _warn_unread_options(law) -> None:
+  """A law-specific flag given to a law that does not read it (Law.options) is ignored: say so."""
+  for name in LAW_OPTIONS:
+    if flags.FLAGS[name].present and name not in law.options:
+      readers = [other for other, law_ in laws.LAWS.items() if name in law_.options]
+      store_lib.warn(f"--{name} is ignored: the {law.name} law does not read it (laws that "
+                     f"do: {', '.join(readers) or 'none'})")
+
+
 def main(argv):
   del argv
   if _OUT.value is None:
@@ -199,6 +209,7 @@ def main(argv):
   options = fitting.FitOptions(bootstrap=_BOOTSTRAP.value, seed=_SEED.value,
                                holdout_fraction=_HOLDOUT.value, tau=_TAU.value,
                                irreducible=_IRREDUCIBLE.value, e_floor=e_floor)
+  _warn_unread_options(laws.get(_LAW.value))
   try:
     result = run(store=_STORE.value, csv=_CSV.value, law=_LAW.value, out=_OUT.value,
                  columns=_COLUMNS.value, where=_WHERE.value, group_by=_GROUP_BY.value,

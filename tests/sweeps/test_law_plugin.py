@@ -111,8 +111,11 @@ def test_the_cli_accepts_a_law_registered_before_it_parses(tmp_path, store):
             "from tests.sweeps.test_law_plugin import TOY; laws.register(TOY); "
             "app.run(fit.main)")
   proc = subprocess.run([sys.executable, "-c", script, f"--store={store}", "--law=toy_power",
-                         "--bootstrap=0", f"--out={tmp_path / 'out'}"], cwd=REPO,
+                         "--bootstrap=0", "--tau=0.9", f"--out={tmp_path / 'out'}"], cwd=REPO,
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith("toy_power fit: 24 points") and "a_C" in proc.stdout
+  # A flag of another law's option is ignored, and the CLI says so (Law.options).
+  assert "--tau is ignored: the toy_power law does not read it (laws that do: frontier)" \
+      in proc.stderr
   assert json.loads((tmp_path / "out" / "fit.json").read_text())["law"] == "toy_power"
