@@ -1,9 +1,11 @@
 """Scaling laws: each module defines LAW, a `base.Law` (the protocol: name, fit, bootstrap,
-extrapolate, and optional allocation, rows, plot hooks), registered below. Adding a law is
-one module and its name in the registration line; sweeps.fit, fitting, plot and allocation
-look everything up through `get`.
+extrapolate, and optional allocation, rows, plot and check hooks), registered below. Adding
+a law is one module and its name in the registration line; sweeps.fit, fitting, plot,
+allocation and diagnostics look everything up through `get`. A law defined elsewhere (a
+plug-in, a test) calls `register` itself.
 """
-from sweeps.laws import chinchilla, envelope, frontier, isoflop, kaplan
+import importlib
+
 from sweeps.laws.base import CURVES, RUNS, Law  # noqa: F401
 
 LAWS: dict = {}
@@ -32,5 +34,5 @@ def allocating() -> list[str]:
   return [name for name, law in LAWS.items() if law.allocates]
 
 
-for _law in (chinchilla, isoflop, envelope, kaplan, frontier):
-  register(_law.LAW)
+for _module in ("chinchilla", "isoflop", "envelope", "kaplan", "frontier"):  # registration
+  register(importlib.import_module(f"sweeps.laws.{_module}").LAW)
