@@ -31,7 +31,7 @@ import numpy as np
 from sweeps import allocation, define, launch as launch_lib, plan as plan_lib, prescribe, rundir
 from sweeps import flags as sweep_flags
 from sweeps.jsonio import strict_json, write_json_atomic
-from sweeps.laws import chinchilla
+from sweeps import laws
 
 # --fit, --budget, --variant, --group, --batch_rule, --format are sweeps.prescribe's flags and
 # --launcher, --rerun, --dry_run and the slurm flags are sweeps.launch's (absl
@@ -68,18 +68,19 @@ def predict(fit: dict, summary: dict, p: dict) -> dict:
   """The law's loss for the trained run: {'value', 'interval', 'at', 'how'}."""
   level = (fit.get("bootstrap") or {}).get("level", DEFAULT_LEVEL)
   lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
-  if fit["law"] == "chinchilla":
+  loss_at = laws.get(fit["law"]).loss_at
+  if loss_at is not None:
     n_key = "params" if prescribe.count_key(fit.get("n_kind", "params")) == "total" else \
         "params_non_embedding"
     n = float(summary.get(n_key) or p["model_params"])
     d = float(summary.get("tokens") or p["tokens"])
-    value = float(chinchilla.predict(fit["params"], n, d))
+    value = float(loss_at(fit["params"], n, d))
     samples = (fit.get("bootstrap") or {}).get("samples")
     interval = [math.nan, math.nan]
     if samples:  # failed resamples are null in fit.json: NaN here, ignored
       params = {k: np.asarray(v, np.float64) for k, v in samples.items()}
       with np.errstate(all="ignore"):
-        draws = chinchilla.predict(params, n, d)
+        draws = loss_at(params, n, d)
       if np.isfinite(draws).any():
         interval = [float(np.nanpercentile(draws, lo_q)), float(np.nanpercentile(draws, hi_q))]
     return {"value": value, "interval": interval, "level": level, "at": {"N": n, "D": d},
@@ -92,7 +93,7 @@ def predict(fit: dict, summary: dict, p: dict) -> dict:
 
 def residual_scatter(fit: dict) -> tuple:
   """(std of log loss about the law or None, where it comes from)."""
-  if fit["law"] == "chinchilla":
+  if laws.get(fit["law"]).loss_at is not None:
     r = np.asarray(fit.get("residuals") or [], np.float64)
     source = "std of the fit's log-loss residuals"
   else:

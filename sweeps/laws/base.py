@@ -29,6 +29,9 @@ class Law:
   # (params, c) -> (N_opt, D_opt, loss at the optimum): set for laws that prescribe an
   # allocation (sweeps.allocation, sweeps.prescribe, the allocation figure)
   allocation: Optional[Callable] = None
+  # (params, N, D) -> loss: set for laws of L(N, D) (sweeps.verify compares a trained
+  # run against it; their fit residuals are then log-loss residuals per run)
+  loss_at: Optional[Callable] = None
   rows: str = RUNS  # RUNS or CURVES: the table sweeps.fit builds points from
   # (points, fraction) -> (kept_N, held_N): the extrapolation check's split (None: the
   # largest whole budgets, sweeps.points.holdout_split)

@@ -173,7 +173,7 @@ def along_budget(fit_obj, params, entry, n_G, d_G, d_of) -> dict:
 
 LAW = base.Law(
     name=NAME, fit=fit, bootstrap=bootstrap, extrapolate=extrapolate, allocation=allocation,
-    options=("e_floor",), n_params=len(PARAMS), isoflop_grid=True,
+    loss_at=predict, options=("e_floor",), n_params=len(PARAMS), isoflop_grid=True,
     checks=("sweeps.diagnostics:loss_exponents", "sweeps.diagnostics:irreducible_floor"),
     form=(r"$L(N, D) = E + A/N^{\alpha} + B/D^{\beta}$",
           r"$N_{opt} = G\,(C/6)^{a},\ D_{opt} = G^{-1}(C/6)^{b}$"),
