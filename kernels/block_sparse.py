@@ -16,23 +16,9 @@ import numpy as np
 
 from kernels import flash_lists, sparse_flash_gpu, sparse_flash_tpu
 from kernels.block_mask_lib import BlockMask
+from kernels.platform import resolve_platform
 
 _BACKENDS = {"tpu": sparse_flash_tpu, "cuda": sparse_flash_gpu}
-
-
-def resolve_platform(platform, interpret):
-  """-> (kernel variant "tpu" | "cuda", interpret flag)."""
-  backend = jax.default_backend()
-  if interpret is None:
-    interpret = backend == "cpu"
-  if platform is None:
-    platform = "tpu" if backend == "tpu" else "cuda"
-  if platform in ("gpu", "rocm"):
-    platform = "cuda"
-  if platform not in _BACKENDS:
-    raise ValueError(f"unknown platform {platform!r}; choose 'tpu', 'cuda' or None "
-                     "(from the default backend).")
-  return platform, bool(interpret)
 
 
 def _valid_blocks(seq_len, platform, interpret):
@@ -117,8 +103,7 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
 
   Query rows that see no key (an empty mask row) return zeros. Block sizes come
   from block_mask.block_q / block_k; mask_BHQK is [B or 1, H or 1, L/bq, L/bk].
-  interpret=None interprets on a CPU backend; platform picks the kernel variant
-  ("tpu" or "cuda"; None = from the backend), e.g. for export from a CPU host.
+  platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
   """
   platform, interpret = resolve_platform(platform, interpret)
   bq, bk = block_mask.block_q, block_mask.block_k

@@ -6,6 +6,7 @@ time, tiles inside the causal region skip the elementwise mask, and GQA reads
 kv head h // (H // G) through the index maps. See kernels.block_sparse.
 """
 from kernels import block_sparse, flash_lists
+from kernels.platform import resolve_platform
 
 
 def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, block_q=128, block_k=128,
@@ -16,7 +17,7 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, block_q=128, block_k
   multiple of both block sizes. interpret=None interprets on a CPU backend;
   platform ("tpu" | "cuda" | None = from the backend) picks the kernel variant.
   """
-  platform, interpret = block_sparse.resolve_platform(platform, interpret)
+  platform, interpret = resolve_platform(platform, interpret)
   seq_len = q_BLHK.shape[1] if q_BLHK.ndim == 4 else 0
   block_q, block_k = min(block_q, seq_len), min(block_k, seq_len)
   block_sparse.check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform,

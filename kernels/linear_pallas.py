@@ -46,8 +46,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
 from kernels.linear_reference import apply_feature_map, pad_to_chunks, safe_divide
-
-PLATFORMS = ("tpu", "cuda")
+from kernels.platform import resolve_platform
 NORMALISER_WIDTH = 16
 
 
@@ -220,14 +219,6 @@ def _ignoring_aliased(kernel, num_inputs, num_aliased):
 
 # ---- pallas_call wrappers on kernel layout: [B, H|G, L, X], L a multiple of chunk. ----
 
-def resolve_platform(platform):
-  if platform is None:
-    return "cuda" if jax.default_backend() in ("gpu", "cuda", "rocm") else "tpu"
-  if platform not in PLATFORMS:
-    raise ValueError(f"unknown Pallas platform {platform!r}; choose one of {PLATFORMS}.")
-  return platform
-
-
 def _within_chunk_cumsum(g_BHL, chunk):
   batch, heads, length = g_BHL.shape
   b = jnp.cumsum(g_BHL.astype(jnp.float32).reshape(batch, heads, length // chunk, chunk), -1)
@@ -348,12 +339,9 @@ def pallas_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
                             platform=None, interpret=None):
   """Chunked linear attention in Pallas; returns o_BLHK.
 
-  platform: "tpu" | "cuda" picks the kernel variant (None: from the backend; the
-  tpu variant on CPU). interpret: None runs in interpret mode iff the backend is CPU.
+  platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
   """
-  platform = resolve_platform(platform)
-  if interpret is None:
-    interpret = jax.default_backend() == "cpu"
+  platform, interpret = resolve_platform(platform, interpret)
   length = q_BLHK.shape[1]
   q, k, v, g = kernel_layout(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH,
                              feature_map=feature_map, chunk_size=chunk_size)
