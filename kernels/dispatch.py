@@ -1,57 +1,39 @@
 """The one attention entry point: `attention(q, k, v, kind=..., impl=...)`.
 
-Each kind registers the implementations it has and the keyword parameters it
-accepts; everything else is rejected with a message that names the valid
-choices.
+Each kind's implementations and keyword parameters come from its spec in the
+registry (kernels.kinds); anything else is rejected with a message that names
+the valid choices.
 """
 import jax
 
-from kernels import dense, linear, sparse
+from kernels import dense, kinds
 from kernels.flash import flash_attention
 
-KINDS = ("dense", "block_sparse", "spectral", "linear")
-IMPLS = ("auto", "pallas", "xla", "reference")
-
-# Keyword parameters each kind accepts (beyond `causal`). Models filter their
-# attention config through this table, so a kind never sees foreign keys.
-KIND_PARAMS = {
-    "dense": (),
-    "block_sparse": ("estimator", "block_q", "block_k", "window_blocks",
-                     "sink_blocks", "topk", "topp", "sim_threshold", "max_blocks"),
-    "spectral": ("block_q", "block_k", "topp", "high_freq_dims", "max_blocks"),
-    "linear": ("log_decay", "feature_map", "normalize", "chunk_size"),
-}
+IMPLS = ("auto",) + kinds.IMPLS
 
 
-def _dense(q, k, v, *, impl, causal):
+def dense_attention(q, k, v, *, impl, causal):
+  """The implementations of kind 'dense'."""
   if impl == "reference":
     return dense.reference_attention(q, k, v, causal=causal)
   if impl == "xla":
     return dense.xla_attention(q, k, v, causal=causal)
-  if impl == "pallas":
-    return flash_attention(q, k, v, causal=causal)
-  raise ValueError(
-      f"attention kind 'dense' has no impl {impl!r}; use 'pallas', 'xla' or 'reference'.")
-
-
-# kind -> callable(q, k, v, *, impl, causal, **params). Kernel modules add theirs.
-_DISPATCH = {"dense": _dense, "block_sparse": sparse.block_sparse,
-             "spectral": sparse.spectral, "linear": linear.linear_attention}
+  return flash_attention(q, k, v, causal=causal)
 
 
 def resolve_impl(impl, kind):
   """'auto' -> pallas on GPU/TPU, the fastest correct non-interpreted path on CPU."""
   if impl not in IMPLS:
     raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}.")
-  if impl != "auto":
-    return impl
-  on_accelerator = jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
-  if on_accelerator and kind in _PALLAS_KINDS:
-    return "pallas"
-  return "xla"
-
-
-_PALLAS_KINDS = {"dense", "block_sparse", "spectral", "linear"}
+  available = kinds.get(kind).impls
+  if impl == "auto":
+    on_accelerator = jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+    preferred = ("pallas", "xla") if on_accelerator else ("xla",)
+    impl = next((i for i in preferred if i in available), next(iter(available)))
+  if impl not in available:
+    raise ValueError(
+        f"attention kind {kind!r} has no impl {impl!r}; use one of {tuple(available)}.")
+  return impl
 
 
 def _check_shapes(q, k, v):
@@ -70,17 +52,32 @@ def _check_shapes(q, k, v):
         "(grouped-query attention).")
 
 
-def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **params):
-  """Attention over [batch, seq, heads, head_dim] tensors; returns o_BLHK."""
-  if kind not in KINDS:
-    raise ValueError(f"unknown attention kind {kind!r}; choose one of {KINDS}.")
-  if kind not in _DISPATCH:
-    raise ValueError(f"attention kind {kind!r} is not available in this build.")
-  unknown = sorted(set(params) - set(KIND_PARAMS[kind]))
+def check_params(spec, params, extra=()):
+  """Rejects parameters the kind does not take (`extra`: also allowed names)."""
+  unknown = sorted(set(params) - set(spec.params) - set(extra))
   if unknown:
     raise ValueError(
-        f"attention kind {kind!r} does not take {unknown}; it takes "
-        f"{list(KIND_PARAMS[kind]) or 'no extra parameters'} (plus causal).")
+        f"attention kind {spec.name!r} does not take {unknown}; it takes "
+        f"{list(spec.params) or 'no extra parameters'} (plus causal).")
+  estimator = params.get("estimator")
+  if estimator is not None and estimator not in spec.estimators:
+    owners = [name for name in kinds.KINDS if estimator in kinds.get(name).estimators]
+    hint = f" (the {estimator} estimator is attention kind {owners[0]!r})" if owners else ""
+    raise ValueError(
+        f"attention kind {spec.name!r} takes estimator {' or '.join(map(repr, spec.estimators))}"
+        f"; got {estimator!r}{hint}.")
+  if spec.validate is not None:
+    spec.validate(params)
+
+
+def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **params):
+  """Attention over [batch, seq, heads, head_dim] tensors; returns o_BLHK.
+
+  A kind with an estimator also takes what its `estimate` returned for these
+  q, k (e.g. `mask_BHQK`), so the mask is computed once per layer and step.
+  """
+  spec = kinds.get(kind)
+  check_params(spec, params, extra=("mask_BHQK",) if spec.estimate else ())
   _check_shapes(q_BLHK, k_BLGK, v_BLGK)
   impl = resolve_impl(impl, kind)
-  return _DISPATCH[kind](q_BLHK, k_BLGK, v_BLGK, impl=impl, causal=causal, **params)
+  return spec.impl(impl)(q_BLHK, k_BLGK, v_BLGK, impl=impl, causal=causal, **params)

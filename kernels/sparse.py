@@ -1,6 +1,6 @@
 """Block-sparse and spectral attention: block masks, their density, the dispatch.
 
-Kinds (see kernels.attention):
+Kinds (specs in kernels.builtin_kinds):
   block_sparse: estimator "static" (causal + sliding window + sink blocks) or
                 "sparge" (pooled block scores, top-k and/or top-p, self-similarity guard)
   spectral:     the "prism" estimator (per-frequency-band pooled scores)
@@ -16,9 +16,10 @@ Implementations:
              dense computation instead.
   pallas     kernels.block_sparse.block_sparse_attention (the block-sparse flash kernel).
 
-Density for logging: `attention_density(q, k, kind=..., **params)` returns the
-kept fraction of causally reachable blocks (the same mask the attention uses;
-under jit XLA shares the duplicated estimator work).
+Estimated once: a model layer calls its kind's `estimate` (estimate_block_sparse,
+estimate_spectral), logs the density (kept fraction of causally reachable blocks)
+and passes the data-dependent mask to the kernel as `mask_BHQK`; a static mask is
+a trace-time constant, so the kernel rebuilds it instead (exact list bounds).
 """
 import functools
 import math
@@ -27,16 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from kernels import block_mask_lib
-from kernels import dense, estimators
+from kernels import dense, estimators, kinds
 from kernels.gathered import gathered_attention
-
-ESTIMATORS = ("static", "sparge", "prism")
-# Parameters each estimator takes, with their defaults (None / 0 mean "off").
-ESTIMATOR_PARAMS = {
-    "static": {"window_blocks": None, "sink_blocks": 0},
-    "sparge": {"topk": None, "topp": None, "sim_threshold": None, "max_blocks": None},
-    "prism": {"topp": 0.95, "high_freq_dims": None, "max_blocks": None},
-}
+from kernels.kinds import ESTIMATOR_PARAMS, ESTIMATORS  # noqa: F401  (importers use these)
 
 
 def _is_int(value):
@@ -169,12 +163,16 @@ def _static_bound(estimator, num_q, num_k, block_q, block_k, params):
   return num_k
 
 
-def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, **params):
+def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mask_BHQK=None,
+                      **params):
   _check_geometry(q, k, block_q, block_k)
   if impl not in ("pallas", "xla", "reference"):
     raise ValueError(f"block-sparse attention has impls 'pallas', 'xla', 'reference'; got {impl!r}.")
-  # A static mask is [1, 1, nQ, nK]: one list shared by every batch row and head.
-  mask, is_static = _estimate(q, k, estimator, block_q, block_k, causal, params)
+  if mask_BHQK is not None:  # estimated once by the caller (see the module docstring)
+    mask, is_static = mask_BHQK, False
+  else:
+    # A static mask is [1, 1, nQ, nK]: one list shared by every batch row and head.
+    mask, is_static = _estimate(q, k, estimator, block_q, block_k, causal, params)
   if impl == "pallas":
     # Imported here so the XLA/reference paths work without the kernel module.
     from kernels.block_sparse import block_sparse_attention
@@ -198,11 +196,8 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, **p
 
 def block_sparse(q, k, v, *, impl, causal, estimator="static", block_q=128, block_k=128,
                  **params):
-  """Dispatch for attention kind 'block_sparse' (estimator 'static' or 'sparge')."""
-  if estimator not in ("static", "sparge"):
-    raise ValueError(
-        f"attention kind 'block_sparse' takes estimator 'static' or 'sparge'; got "
-        f"{estimator!r} (the prism estimator is attention kind 'spectral').")
+  """Dispatch for attention kind 'block_sparse' (estimator 'static' or 'sparge';
+  kernels.attention rejects others)."""
   return _sparse_attention(q, k, v, impl=impl, causal=causal, estimator=estimator,
                            block_q=block_q, block_k=block_k, **params)
 
@@ -213,15 +208,29 @@ def spectral(q, k, v, *, impl, causal, block_q=128, block_k=128, **params):
                            block_q=block_q, block_k=block_k, **params)
 
 
+def _estimate_once(q, k, causal, estimator, params):
+  mask = block_mask(q, k, estimator=estimator, causal=causal, **params)
+  if estimator == "static":
+    return mask.density, params
+  return mask.density, {**params, "mask_BHQK": mask.mask_BHQK}
+
+
+def estimate_block_sparse(q_BLHK, k_BLGK, *, causal=True, **params):
+  """(density, kernel params) for kind 'block_sparse' (its KindSpec.estimate)."""
+  estimator = params.get("estimator", "static")
+  rest = {n: v for n, v in params.items() if n != "estimator"}
+  density, rest = _estimate_once(q_BLHK, k_BLGK, causal, estimator, rest)
+  return density, {**params, **rest}
+
+
+def estimate_spectral(q_BLHK, k_BLGK, *, causal=True, **params):
+  """(density, kernel params) for kind 'spectral' (its KindSpec.estimate)."""
+  return _estimate_once(q_BLHK, k_BLGK, causal, "prism", params)
+
+
 def attention_density(q_BLHK, k_BLGK, *, kind, causal=True, **params):
-  """float32 []: kept fraction of reachable blocks for `kind` (1.0 for dense)."""
-  if kind == "dense":
+  """float32 []: kept fraction of reachable blocks for `kind` (1.0 without an estimator)."""
+  estimate = kinds.get(kind).estimate_fn()
+  if estimate is None:
     return jnp.float32(1.0)
-  if kind == "block_sparse":
-    params = {"estimator": "static", **params}
-  elif kind == "spectral":
-    params = {**params, "estimator": "prism"}
-  else:
-    raise ValueError(
-        f"attention_density is defined for kinds dense, block_sparse, spectral; got {kind!r}.")
-  return block_mask(q_BLHK, k_BLGK, causal=causal, **params).density
+  return estimate(q_BLHK, k_BLGK, causal=causal, **params)[0]

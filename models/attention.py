@@ -1,43 +1,40 @@
-"""Grouped-query self-attention whose core is `kernels.attention` (any kind)."""
+"""Grouped-query self-attention whose core is `kernels.attention` (any kind of layer
+"attention" in the registry, kernels.kinds)."""
 import jax.numpy as jnp
 from flax import nnx
 
-import kernels
-from kernels.sparse import ESTIMATOR_PARAMS
+from kernels import kinds
 import parallel
 from models.layers import apply_rope, param
-from models.layout import head_dim, pattern_kinds
+from models.layout import head_dim, layer_kinds  # noqa: F401  (layer_kinds: re-export)
 
-
-SPARSE_KINDS = ("block_sparse", "spectral")
-
-
-def layer_kinds(cfg):
-  """The attention kind of each layer: `attention.pattern` cycled over depth, else `kind`."""
-  # Name the key that holds the bad kind: `kind` is only read when `pattern` is empty.
-  for i, kind in enumerate(cfg.attention.pattern):
-    if kind not in kernels.KINDS:
-      raise ValueError(f"attention.pattern entry {i} {kind!r} is not a kind; "
-                       f"choose from {kernels.KINDS}.")
-  if cfg.attention.kind not in kernels.KINDS:
-    raise ValueError(f"attention.kind {cfg.attention.kind!r} is not a kind; "
-                     f"choose from {kernels.KINDS}.")
-  return pattern_kinds(cfg)
+SPARSE_KINDS = kinds.BLOCK_KINDS  # live: kinds registered later are included
 
 
 def kind_params(attn_cfg, kind):
   """The config's parameters that this layer's kind (and block-mask estimator)
   takes; None means the default. One config serves layers of several kinds, so
   e.g. `topp` reaches a spectral layer but not a static block-sparse one."""
-  keys = kernels.KIND_PARAMS[kind]
-  if kind in SPARSE_KINDS:
-    estimator = attn_cfg.estimator if kind == "block_sparse" else "prism"
-    own = ("estimator", "block_q", "block_k", *ESTIMATOR_PARAMS[estimator])
+  spec = kinds.get(kind)
+  keys = spec.params
+  if spec.estimators:
+    chosen = attn_cfg.get("estimator") if len(spec.estimators) > 1 else None
+    estimator = chosen or spec.estimators[0]
+    own = ("estimator", *kinds.BLOCK_PARAMS, *kinds.ESTIMATOR_PARAMS.get(estimator, ()))
     keys = [k for k in keys if k in own]
-  params = {key: attn_cfg[key] for key in keys if key in attn_cfg and attn_cfg[key] is not None}
-  if kind == "spectral":
-    params.pop("estimator", None)
-  return params
+  return {key: attn_cfg[key] for key in keys if key in attn_cfg and attn_cfg[key] is not None}
+
+
+def attend(q_BLHK, k_BLGK, v_BLGK, spec, impl, params, sow):
+  """The kind's core under the active mesh; a kind with an estimator runs it once
+  here, sows the density ("attn_density") and hands the kernel its result."""
+  estimate = spec.estimate_fn()
+  if estimate is not None:
+    density, params = estimate(q_BLHK, k_BLGK, causal=True, **params)
+    sow(nnx.Intermediate, "attn_density", density)
+  # Under a multi-device mesh the kernel runs per device inside shard_map.
+  return parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=spec.name, impl=impl,
+                            causal=True, **params)
 
 
 class Attention(nnx.Module):
@@ -63,13 +60,7 @@ class Attention(nnx.Module):
     q_BLHK = apply_rope(q_BLHK, cos_LF, sin_LF) * jnp.asarray(self.q_scale, dtype)
     k_BLGK = apply_rope(k_BLGK, cos_LF, sin_LF)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
-    if self.kind in SPARSE_KINDS:
-      # Kept fraction of causal blocks, for metrics and the FLOP count (cheap: the
-      # estimator works on pooled blocks).
-      self.sow(nnx.Intermediate, "attn_density", kernels.attention_density(
-          q_BLHK, k_BLGK, kind=self.kind, causal=True, **self.params))
-    # Under a multi-device mesh the kernel runs per device inside shard_map.
-    o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind,
-                                impl=self.impl, causal=True, **self.params)
+    o_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, kinds.get(self.kind), self.impl,
+                    self.params, self.sow)
     o_BLHK = parallel.constrain(o_BLHK, ("batch", "length", "heads", "head_dim"))
     return jnp.einsum("blhk,hkd->bld", o_BLHK, self.wo_HKD[...].astype(dtype))

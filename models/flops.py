@@ -3,19 +3,13 @@
 FLOPs follow Hoffmann et al. 2022 (Chinchilla, App. F): a multiply-add is 2
 FLOPs, the embedding is counted as a one-hot matmul (2 V D per token) like the
 output layer, softmax costs 3 per score, and training is 3x the forward pass.
-Attention is counted for the kind actually used: causal dense attention scores
-(L+1)/2 keys per query on average; block-sparse/spectral kernels compute whole
-blocks, so a kept density rho costs rho * (causal blocks * block_q * block_k) / L
-scores per query; chunked linear attention costs a full C x C chunk product plus
-the state read and update per token.
+The attention core is counted by each layer's kind (KindSpec.flops, registered
+in kernels.kinds; the built-in counts are in kernels.builtin_kinds).
 
 Imports no JAX, so sweep plans (`sweeps.launch --dry_run`) count without starting it.
 """
-import math
-
+from kernels import kinds
 from models.layout import head_dim, pattern_kinds
-
-FEATURE_DIM = {"identity": 1, "elu1": 1, "relu": 1}  # x K; "squared" is K^2
 
 
 def linear_extra_params(cfg):
@@ -36,59 +30,29 @@ def count_params(cfg):
   m = cfg.model
   D, H, G, K, F, V = m.width, m.heads, m.kv_heads, head_dim(m), m.mlp_width, m.vocab_size
   per_layer = D * H * K + 2 * D * G * K + H * K * D + 3 * D * F + 2 * D
-  kinds = pattern_kinds(cfg)
-  blocks = per_layer * m.depth + kinds.count("linear") * linear_extra_params(cfg)
+  linear_layers = sum(kinds.get(k).layer == "linear" for k in pattern_kinds(cfg))
+  blocks = per_layer * m.depth + linear_layers * linear_extra_params(cfg)
   embedding = V * D
   head = 0 if m.tie_embeddings else V * D
   total = embedding + blocks + D + head
   return {"total": total, "non_embedding": total - embedding - head}
 
 
-def attention_scores_per_token(kind, cfg, density=None):
-  """Query-key pairs each query scores in the forward pass, for one head."""
-  L = cfg.seq_len
-  if kind == "dense":
-    return (L + 1) / 2
-  if kind in ("block_sparse", "spectral"):
-    bq = min(cfg.attention.block_q, L)
-    bk = min(cfg.attention.block_k, L)
-    nq, nk = math.ceil(L / bq), math.ceil(L / bk)
-    reachable = sum(min(nk, ((i + 1) * bq - 1) // bk + 1) for i in range(nq))
-    rho = 1.0 if density is None else float(density)
-    return rho * reachable * bq * bk / L
-  raise ValueError(f"no score count for attention kind {kind!r}")
-
-
 def attention_core_flops_per_token(kind, cfg, density=None):
   """Forward FLOPs per token of the attention core (everything but projections)."""
-  m = cfg.model
-  H, K = m.heads, head_dim(m)
-  if kind == "linear":
-    a = cfg.attention
-    C = min(a.chunk_size, cfg.seq_len)
-    Kf = K * K if a.feature_map == "squared" else K * FEATURE_DIM[a.feature_map]
-    Vn = K + (1 if a.normalize else 0)  # normalisation carries a ones column with v
-    # Per token, as the chunked XLA path computes it: its row of the whole C x C
-    # chunk product q.k (the squared map squares q.k, so K wide, not K^2) and of
-    # (scores)V, then the state read phi(q).S and its update phi(k)^T v (Kf x Vn).
-    intra = 2 * K * C + 2 * Vn * C
-    inter = 4 * Kf * Vn
-    extra = 2 * cfg.model.width + (6 if a.get("conv", False) else 0) * K  # decay, conv
-    return H * (intra + inter) + extra
-  scores = attention_scores_per_token(kind, cfg, density)
-  return H * (4 * K * scores + 3 * scores)
+  return kinds.get(kind).flops(cfg, head_dim(cfg.model), density)
 
 
 def flops_breakdown(cfg, density=None):
   """Forward FLOPs per token by part, summed over layers."""
   m = cfg.model
   D, H, G, K, F, V = m.width, m.heads, m.kv_heads, head_dim(m), m.mlp_width, m.vocab_size
-  kinds = pattern_kinds(cfg)
+  layers = pattern_kinds(cfg)
   return {
       "embed": 2 * V * D,
-      "attn_proj": len(kinds) * 2 * D * (2 * H * K + 2 * G * K),
-      "attn_core": sum(attention_core_flops_per_token(k, cfg, density) for k in kinds),
-      "mlp": len(kinds) * 2 * 3 * D * F,
+      "attn_proj": len(layers) * 2 * D * (2 * H * K + 2 * G * K),
+      "attn_core": sum(attention_core_flops_per_token(k, cfg, density) for k in layers),
+      "mlp": len(layers) * 2 * 3 * D * F,
       "head": 2 * D * V,
   }
 

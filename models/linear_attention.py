@@ -38,10 +38,10 @@ def _conv_weights(channels, dim):
 
 
 class LinearAttention(nnx.Module):
-  def __init__(self, cfg, *, rngs, std, out_std):
+  def __init__(self, cfg, kind="linear", *, rngs, std, out_std):
     m, a = cfg.model, cfg.attention
     D, H, G, K = m.width, m.heads, m.kv_heads, head_dim(m)
-    self.impl, self.head_dim = a.impl, K
+    self.kind, self.impl, self.head_dim = kind, a.impl, K
     self.options = {"feature_map": a.feature_map, "normalize": a.normalize,
                     "chunk_size": a.chunk_size}
     self.wq_DHK = param(rngs, (D, H, K), ("embed", "heads", "head_dim"), std)
@@ -76,7 +76,7 @@ class LinearAttention(nnx.Module):
       log_decay_BLH = -jax.nn.softplus(pre_BLH)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
     # Under a mesh the kernel runs in shard_map (log_decay [B, L, H] split like q).
-    o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind="linear", impl=self.impl,
+    o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind, impl=self.impl,
                                 causal=True, log_decay=log_decay_BLH, **self.options)
     o_BLHK = parallel.constrain(o_BLHK.astype(dtype), ("batch", "length", "heads", "head_dim"))
     return jnp.einsum("blhk,hkd->bld", o_BLHK, self.wo_HKD[...].astype(dtype))

@@ -3,11 +3,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 import parallel
+from kernels import kinds
 from models.attention import Attention, head_dim, layer_kinds
 from models.linear_attention import LinearAttention
 from models.layers import RMSNorm, SwiGLU, param, rope_tables
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# KindSpec.layer -> the module around the attention core.
+LAYERS = {"attention": Attention, "linear": LinearAttention}
 
 
 def width_mult(model_cfg):
@@ -21,8 +24,7 @@ class Block(nnx.Module):
   def __init__(self, cfg, kind, *, rngs, std, out_std):
     m = cfg.model
     self.attn_norm = RMSNorm(m.width, eps=m.norm_eps)
-    self.attn = (LinearAttention(cfg, rngs=rngs, std=std, out_std=out_std) if kind == "linear"
-                 else Attention(cfg, kind, rngs=rngs, std=std, out_std=out_std))
+    self.attn = LAYERS[kinds.get(kind).layer](cfg, kind, rngs=rngs, std=std, out_std=out_std)
     self.mlp_norm = RMSNorm(m.width, eps=m.norm_eps)
     self.mlp = SwiGLU(m.width, m.mlp_width, rngs=rngs, std=std, out_std=out_std)
 

@@ -1,10 +1,10 @@
 """Meshes, logical-axis rules, shardings, sharded kernels and multi-process start-up
 (imports jax and kernels; never models or experiments).
 
-Names load on first use (PEP 562): a config that reads `parallel.DEFAULT_RULES`
+Names load on first use (kernels.lazy): a config that reads `parallel.DEFAULT_RULES`
 does not start JAX, so sweep dry runs stay instant.
 """
-import importlib
+from kernels.lazy import loader
 
 _EXPORTS = {"make_mesh": "parallel.mesh", "axis_sizes": "parallel.mesh", "AXES": "parallel.mesh",
             "DEFAULT_RULES": "parallel.default_rules", "spec_for": "parallel.rules",
@@ -15,8 +15,4 @@ _EXPORTS = {"make_mesh": "parallel.mesh", "axis_sizes": "parallel.mesh", "AXES":
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-  if name not in _EXPORTS:
-    raise AttributeError(f"module 'parallel' has no attribute {name!r}")
-  return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = loader(__name__, _EXPORTS)

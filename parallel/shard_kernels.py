@@ -63,7 +63,9 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
   """`kernels.attention` with the same arguments, partitioned over the active mesh.
 
   Array parameters whose leading dims are [B, L, H] (e.g. linear attention's
-  log_decay [B, L, H]) are split like q; other parameters pass through as is.
+  log_decay [B, L, H]) are split like q; a block mask `mask_BHQK` [B, H, nQ, nK]
+  (estimated once, outside) like q's batch and the heads each device attends
+  to; other parameters pass through as is.
   Outside `parallel.activate` or on one device this is `kernels.attention`.
   """
   mesh = rules_lib.active_mesh()
@@ -83,7 +85,7 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
 
   per_head = {}
   for name, value in params.items():
-    if getattr(value, "ndim", 0) == 0:
+    if getattr(value, "ndim", 0) == 0 or name == "mask_BHQK":
       continue
     if value.shape[:3] != q_BLHK.shape[:3]:
       raise ValueError(
@@ -92,6 +94,7 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
     per_head[name] = value
   static = {n: v for n, v in params.items() if n not in per_head}
   names = tuple(per_head)
+  mask = static.pop("mask_BHQK", None)
 
   def spec_of(ndim):
     return PartitionSpec(_entry(batch_axes), _entry(seq_axes), _entry(head_axes),
@@ -103,17 +106,24 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
     return jax.lax.all_to_all(x, seq_axis, split_axis=2, concat_axis=1, tiled=True)
 
   def local(q, k, v, *arrays):
+    local_static = dict(static)
+    if mask is not None:
+      *arrays, local_static["mask_BHQK"] = arrays
     if seq_axes:
       q, k, v = seq_to_heads(q), seq_to_heads(k), seq_to_heads(v)
       arrays = [seq_to_heads(a) for a in arrays]
     o = kernels.attention(q, k, v, kind=kind, impl=impl, causal=causal,
-                          **static, **dict(zip(names, arrays)))
+                          **local_static, **dict(zip(names, arrays)))
     if seq_axes:
       o = jax.lax.all_to_all(o, seq_axis, split_axis=1, concat_axis=2, tiled=True)
     return o
 
   arrays = [per_head[n] for n in names]
   in_specs = (spec_of(4),) * 3 + tuple(spec_of(a.ndim) for a in arrays)
+  if mask is not None:
+    # After the all-to-all a device holds heads split over tensor, then sequence.
+    arrays.append(mask)
+    in_specs += (PartitionSpec(_entry(batch_axes), _entry(head_axes + seq_axes), None, None),)
   # check_vma=False: kernels (pallas_call, custom_vjp) are opaque to the
   # replication checker; every output dim is covered by out_specs anyway.
   sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec_of(4),

@@ -1,25 +1,23 @@
 """Sharded training matches one device for every mesh layout and attention kind.
 
-One model holds a layer of every kind registered in kernels.attention when the
+One model holds a layer of every kind registered in kernels.kinds when the
 tests run (attention.pattern), so kinds merged later are covered automatically
 and each mesh costs one compile rather than one per kind.
 """
 import functools
-import importlib
 
 import jax
 import numpy as np
 import pytest
 
+from kernels import kinds
 import parallel
 from experiments import data as data_lib, state as state_lib
 from tests.helpers import micro_config
 
-attention_lib = importlib.import_module("kernels.attention")
-
 # (data, fsdp, tensor, sequence) over the 8 fake CPU devices.
 MESHES = [(8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (1, 2, 2, 2)]
-KINDS = tuple(sorted(attention_lib._DISPATCH))
+KINDS = tuple(sorted(kinds.KINDS))
 STEPS = 3
 
 

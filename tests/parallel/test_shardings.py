@@ -1,5 +1,5 @@
 """The rules table puts params, optimizer state, batches and kernels where it says."""
-import importlib
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -8,15 +8,14 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import kernels
-from kernels import dense
+from kernels import dense, kinds
 from models.attention import kind_params
 import parallel
 from parallel import distributed
 from experiments import state as state_lib
 from tests.helpers import micro_config
 
-attention_lib = importlib.import_module("kernels.attention")
-KINDS = tuple(sorted(attention_lib._DISPATCH))
+KINDS = tuple(sorted(kinds.KINDS))
 
 
 def mesh_config(data=1, fsdp=1, tensor=1, sequence=1, **overrides):
@@ -148,17 +147,18 @@ def test_wrapper_matches_the_kernel_on_one_device(kind):
   _assert_close(got, want)
 
 
-def test_per_head_arrays_follow_the_query_layout(monkeypatch):
+def test_per_head_arrays_follow_the_query_layout():
   """An extra [B, L, H] input (like linear attention's log_decay) is split and
   all-to-all'd exactly like q, whether or not a kind that takes one exists yet."""
   def decayed_dense(q, k, v, *, impl, causal, log_decay):
     return dense.xla_attention(q * jnp.exp(log_decay)[..., None], k, v, causal=causal)
-  monkeypatch.setitem(attention_lib._DISPATCH, "dense", decayed_dense)
-  monkeypatch.setitem(attention_lib.KIND_PARAMS, "dense", ("log_decay",))
+  spec = dataclasses.replace(kinds.get("dense"), impls={"xla": decayed_dense},
+                             params={"log_decay": None})
 
   def attend(q, k, v, log_decay):
     return parallel.attention(q, k, v, kind="dense", impl="xla", log_decay=log_decay)
-  got, want = _sharded_and_plain(_loss_and_grads(attend), (1, 2, 2, 2), *_random_qkv())
+  with kinds.registered(spec):
+    got, want = _sharded_and_plain(_loss_and_grads(attend), (1, 2, 2, 2), *_random_qkv())
   _assert_close(got, want)
 
 
