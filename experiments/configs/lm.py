@@ -21,78 +21,102 @@ def base():
   c.eval_batches = 4
   c.checkpoint_every = 100
   c.keep_checkpoints = 2
+  c.data = _data()
+  c.model = _model()
+  c.attention = _attention()
+  c.optimizer = _optimizer()
+  c.mesh = _mesh()
+  c.wandb = _wandb()
+  return c
 
-  c.data = config_dict.ConfigDict()
-  c.data.corpus = "synthetic"         # synthetic | pystdlib | text_files
-  c.data.seed = 1234                  # the source itself (chain, file sampling)
-  c.data.synthetic_alphabet = 16      # synthetic: order-k Markov chain over symbols
-  c.data.synthetic_order = 2
-  c.data.synthetic_branching = 3      # successors per context
-  c.data.synthetic_windows = 16384    # train windows in the pool (eval pool is 1/16)
-  c.data.files = ""                   # text_files: glob(s) of .txt/.jsonl, comma-separated
-  c.data.text_field = "text"          # text_files: jsonl field holding the text
-  c.data.max_bytes = 0                # cap on corpus bytes (0 = all)
-  c.data.eval_fraction = 0.02         # text corpora: share of documents held out
 
-  c.model = config_dict.ConfigDict()
-  c.model.width = 64
-  c.model.depth = 2
-  c.model.heads = 4
-  c.model.kv_heads = 2
-  c.model.head_dim = 0                # 0 = width // heads
-  c.model.mlp_width = 192
-  c.model.vocab_size = 256            # byte-level tokenizer
-  c.model.tie_embeddings = False
-  c.model.parametrization = "sp"      # sp | mup
-  c.model.mup_base_width = 64         # muP: width of the tuned proxy model
-  c.model.init_std = 0.02
-  c.model.norm_eps = 1e-6
-  c.model.rope_theta = 10000.0
-  c.model.compute_dtype = "float32"   # float32 | bfloat16 (params stay float32)
+def _data():
+  c = config_dict.ConfigDict()
+  c.corpus = "synthetic"         # synthetic | pystdlib | text_files
+  c.seed = 1234                  # the source itself (chain, file sampling)
+  c.synthetic_alphabet = 16      # synthetic: order-k Markov chain over symbols
+  c.synthetic_order = 2
+  c.synthetic_branching = 3      # successors per context
+  c.synthetic_windows = 16384    # train windows in the pool (eval pool is 1/16)
+  c.files = ""                   # text_files: glob(s) of .txt/.jsonl, comma-separated
+  c.text_field = "text"          # text_files: jsonl field holding the text
+  c.max_bytes = 0                # cap on corpus bytes (0 = all)
+  c.eval_fraction = 0.02         # text corpora: share of documents held out
+  return c
 
-  c.attention = config_dict.ConfigDict()
-  c.attention.kind = "dense"          # dense | block_sparse | spectral | linear
-  c.attention.impl = "auto"           # auto | pallas | xla | reference
-  c.attention.pattern = ()            # per-layer kinds, cycled over depth
-  c.attention.estimator = "static"    # block_sparse: static | sparge
-  c.attention.block_q = 64
-  c.attention.block_k = 64
-  c.attention.window_blocks = placeholder(int)
-  c.attention.sink_blocks = placeholder(int)
-  c.attention.topk = placeholder(float)
-  c.attention.topp = placeholder(float)
-  c.attention.sim_threshold = placeholder(float)
-  c.attention.high_freq_dims = placeholder(int)
-  c.attention.max_blocks = placeholder(int)  # xla sparse path: static bound on kept blocks per row
-  c.attention.feature_map = "identity"  # linear: identity | elu1 | relu | squared
-  c.attention.normalize = False
-  c.attention.chunk_size = 64
-  c.attention.decay = True            # linear: per-token decay -softplus(W_a x + b)
-  c.attention.conv = True             # linear: causal depthwise conv (size 2) on q, k, v
 
-  c.optimizer = config_dict.ConfigDict()
-  c.optimizer.lr = 3e-3
-  c.optimizer.schedule = "cosine"     # cosine | wsd | constant (all with warmup)
-  c.optimizer.warmup_steps = 50
-  c.optimizer.decay_fraction = 0.2    # wsd: share of steps in the final decay
-  c.optimizer.min_lr_ratio = 0.1
-  c.optimizer.weight_decay = 0.1
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.95
-  c.optimizer.eps = 1e-8
-  c.optimizer.grad_clip = 1.0
+def _model():
+  c = config_dict.ConfigDict()
+  c.width = 64
+  c.depth = 2
+  c.heads = 4
+  c.kv_heads = 2
+  c.head_dim = 0                # 0 = width // heads
+  c.mlp_width = 192
+  c.vocab_size = 256            # byte-level tokenizer
+  c.tie_embeddings = False
+  c.parametrization = "sp"      # sp | mup
+  c.mup_base_width = 64         # muP: width of the tuned proxy model
+  c.init_std = 0.02
+  c.norm_eps = 1e-6
+  c.rope_theta = 10000.0
+  c.compute_dtype = "float32"   # float32 | bfloat16 (params stay float32)
+  return c
 
-  c.mesh = config_dict.ConfigDict()
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-  c.mesh.sequence = 1
-  c.mesh.rules = parallel.DEFAULT_RULES
 
-  c.wandb = config_dict.ConfigDict()
-  c.wandb.mode = "offline"            # offline | online | disabled
-  c.wandb.project = "chinchax"
-  c.wandb.entity = placeholder(str)
+def _attention():
+  c = config_dict.ConfigDict()
+  c.kind = "dense"          # dense | block_sparse | spectral | linear
+  c.impl = "auto"           # auto | pallas | xla | reference
+  c.pattern = ()            # per-layer kinds, cycled over depth
+  c.estimator = "static"    # block_sparse: static | sparge
+  c.block_q = 64
+  c.block_k = 64
+  c.window_blocks = placeholder(int)
+  c.sink_blocks = placeholder(int)
+  c.topk = placeholder(float)
+  c.topp = placeholder(float)
+  c.sim_threshold = placeholder(float)
+  c.high_freq_dims = placeholder(int)
+  c.max_blocks = placeholder(int)  # xla sparse path: static bound on kept blocks per row
+  c.feature_map = "identity"  # linear: identity | elu1 | relu | squared
+  c.normalize = False
+  c.chunk_size = 64
+  c.decay = True            # linear: per-token decay -softplus(W_a x + b)
+  c.conv = True             # linear: causal depthwise conv (size 2) on q, k, v
+  return c
+
+
+def _optimizer():
+  c = config_dict.ConfigDict()
+  c.lr = 3e-3
+  c.schedule = "cosine"     # cosine | wsd | constant (all with warmup)
+  c.warmup_steps = 50
+  c.decay_fraction = 0.2    # wsd: share of steps in the final decay
+  c.min_lr_ratio = 0.1
+  c.weight_decay = 0.1
+  c.b1 = 0.9
+  c.b2 = 0.95
+  c.eps = 1e-8
+  c.grad_clip = 1.0
+  return c
+
+
+def _mesh():
+  c = config_dict.ConfigDict()
+  c.data = -1
+  c.fsdp = 1
+  c.tensor = 1
+  c.sequence = 1
+  c.rules = parallel.DEFAULT_RULES
+  return c
+
+
+def _wandb():
+  c = config_dict.ConfigDict()
+  c.mode = "offline"            # offline | online | disabled
+  c.project = "chinchax"
+  c.entity = placeholder(str)
   return c
 
 
