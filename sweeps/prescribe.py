@@ -230,6 +230,27 @@ def resolve_base(top: dict, fit: dict, base=None, variant=None) -> tuple:
   return cfg, spec, described, base_overrides, notes
 
 
+def _steps_for_budget(cfg, budget, n_model):
+  """Sets cfg.steps so the run spends `budget` FLOPs (within TOLERANCE); returns
+  (FLOPs per token, tokens, the run's FLOPs, its relative budget error)."""
+  per_token = flops_lib.flops_per_token(cfg)
+  exact_steps = budget / (per_token * cfg.batch_size * cfg.seq_len)
+  cfg.steps = round(exact_steps)
+  if cfg.steps < MIN_STEPS:
+    raise ValueError(
+        f"budget {budget:.3g} FLOPs buys {exact_steps:.3g} steps of the prescribed model "
+        f"({n_model:.3g} params, {per_token:.3g} FLOPs/token, batch {cfg.batch_size} x "
+        f"{cfg.seq_len} tokens); at least {MIN_STEPS} are needed to keep within "
+        f"{TOLERANCE:.0%} of the budget: raise --budget or use a smaller batch")
+  tokens = cfg.steps * cfg.batch_size * cfg.seq_len
+  model_flops = per_token * tokens
+  error = model_flops / budget - 1
+  if abs(error) > TOLERANCE:
+    raise ValueError(f"the prescribed config's FLOPs {model_flops:.3g} miss the budget "
+                     f"{budget:.3g} by {error:+.1%} (more than {TOLERANCE:.0%})")
+  return per_token, tokens, model_flops, error
+
+
 def prescribe(fit: dict, budget: float, base=None, group=None, *, batch_rule="fitted",
               variant=None) -> dict:
   """The prescription for `budget` FLOPs. base: the config under the fitted runs'
@@ -258,21 +279,7 @@ def prescribe(fit: dict, budget: float, base=None, group=None, *, batch_rule="fi
   cfg, n_model = model_shape(cfg, n_opt, key, aspect)
   if batch_rule == "deepseek":
     cfg.batch_size = max(1, round(batch_tokens(budget) / cfg.seq_len))
-  per_token = flops_lib.flops_per_token(cfg)
-  exact_steps = budget / (per_token * cfg.batch_size * cfg.seq_len)
-  cfg.steps = round(exact_steps)
-  if cfg.steps < MIN_STEPS:
-    raise ValueError(
-        f"budget {budget:.3g} FLOPs buys {exact_steps:.3g} steps of the prescribed model "
-        f"({n_model:.3g} params, {per_token:.3g} FLOPs/token, batch {cfg.batch_size} x "
-        f"{cfg.seq_len} tokens); at least {MIN_STEPS} are needed to keep within "
-        f"{TOLERANCE:.0%} of the budget: raise --budget or use a smaller batch")
-  tokens = cfg.steps * cfg.batch_size * cfg.seq_len
-  model_flops = per_token * tokens
-  error = model_flops / budget - 1
-  if abs(error) > TOLERANCE:
-    raise ValueError(f"the prescribed config's FLOPs {model_flops:.3g} miss the budget "
-                     f"{budget:.3g} by {error:+.1%} (more than {TOLERANCE:.0%})")
+  per_token, tokens, model_flops, error = _steps_for_budget(cfg, budget, n_model)
   decades, warnings = _warnings(fit, budget, n_model, n_opt)
   rule_text = BATCH_RULES[batch_rule]
   if batch_rule == "fitted" and "batch_size" not in (fit.get("base_config") or {}):
