@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 
+from absl import logging
 import grain
 import orbax.checkpoint as ocp
 
@@ -87,10 +88,10 @@ class Checkpointer:
         iterator=grain.checkpoint.CheckpointRestore(iterator)))
     return restored["state"]
 
-  def restore_latest(self, abstract_state, iterator, log):
+  def restore_latest(self, abstract_state, iterator):
     """(step, state) of the newest step that restores cleanly; the iterator is set to
     that step's position. (0, None) when there is no checkpoint. Steps that fail
-    are reported through log(message) and moved aside; if none restores,
+    are logged as warnings and moved aside; if none restores,
     NoRestorableCheckpoint says why each failed."""
     failures = []
     for step in reversed(self.steps()):
@@ -98,10 +99,10 @@ class Checkpointer:
         state = self._restore(step, abstract_state, iterator)
       except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
         failures.append((step, _reason(e)))
-        log(f"checkpoint {step} does not restore ({_reason(e)}); trying the previous one.")
+        logging.warning(f"checkpoint {step} does not restore ({_reason(e)}); trying the previous one.")
         continue
       if failures:
-        self._move_aside([s for s, _ in failures], log)
+        self._move_aside([s for s, _ in failures])
       return step, state
     if failures:
       listed = "; ".join(f"step {s}: {r}" for s, r in failures)
@@ -110,14 +111,14 @@ class Checkpointer:
           "place; move or delete them to start this run from step 0.")
     return 0, None
 
-  def _move_aside(self, steps, log):
+  def _move_aside(self, steps):
     root = os.path.join(os.path.dirname(self.directory), SKIPPED)
     if ocp.multihost.is_primary_host(0):
       os.makedirs(root, exist_ok=True)
       for step in steps:
         target = os.path.join(root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(self._step_dir(step), target)
-        log(f"moved the damaged checkpoint {step} to {target} (kept for inspection).")
+        logging.warning(f"moved the damaged checkpoint {step} to {target} (kept for inspection).")
     ocp.multihost.sync_global_processes("chinchax_checkpoints_moved_aside")
     self._manager.reload()
 

@@ -8,12 +8,26 @@ fingerprint from the checkpoints (else summary.json) decides: the same config
 resumes and config.json is rewritten; a different one, or no record at all, is
 refused. A damaged config.json is moved aside, never overwritten.
 """
+import importlib.metadata
 import os
+import platform
 import time
 
 from experiments import config as config_lib, metrics
 
 CONFIG = "config.json"
+DISTRIBUTIONS = {"orbax": "orbax-checkpoint"}  # short name -> installed distribution
+
+
+def library_versions(names):
+  """{"python": ..., name: installed version or None}: the provenance records carry."""
+  out = {"python": platform.python_version()}
+  for name in names:
+    try:
+      out[name] = importlib.metadata.version(DISTRIBUTIONS.get(name, name))
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  return out
 
 
 class ConfigMismatch(ValueError):

@@ -9,18 +9,18 @@ once: their eval and checkpoint need that step's state.
 """
 import dataclasses
 import os
-import platform
 import signal
-import sys
 import time
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import models
 import parallel
-from experiments import checkpoint, config as config_lib, data as data_lib, identity, metrics
+from experiments import checkpoint, config as config_lib, data as data_lib, identity, logs
+from experiments import metrics
 from experiments import state as state_lib
 from experiments.validation import check_workdir, validate
 
@@ -28,7 +28,7 @@ STATUSES = ("running", "done", "failed", "diverged", "preempted")
 # Exit codes: 0 done or preempted (relaunch resumes), 1 an unexpected crash before
 # training started, 2 bad input (nothing written), 3 diverged, 4 failed.
 EXIT_CODES = {"done": 0, "preempted": 0, "diverged": 3, "failed": 4}
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = logs.EXIT_BAD_INPUT
 
 
 class RunFailed(RuntimeError):
@@ -42,15 +42,7 @@ class _Diverged(Exception):
     self.record = record
 
 
-def log(message):
-  print(message, file=sys.stderr, flush=True)
-
-
-def versions():
-  import flax, grain, optax, orbax.checkpoint as ocp
-  return {"python": platform.python_version(), "jax": jax.__version__,
-          "flax": flax.__version__, "optax": optax.__version__,
-          "orbax": ocp.__version__, "grain": getattr(grain, "__version__", "?")}
+TRAINING_LIBRARIES = ("jax", "flax", "optax", "orbax", "grain")
 
 
 class Summary:
@@ -123,7 +115,7 @@ def setup(cfg, workdir):
     ckpt.close()
     raise
   if note:
-    log(note)
+    logging.warning(note)
   return Setup(cfg, workdir, is_writer, data, program, ckpt, cfg_dict,
                config_lib.fingerprint(cfg_dict), previous)
 
@@ -138,7 +130,7 @@ def start_summary(s):
       "flops_per_token": models.flops_per_token(cfg), "tokens": previous.get("tokens", 0),
       "flops": previous.get("flops", 0),
       "final_loss": previous.get("final_loss"), "eval_loss": previous.get("eval_loss"),
-      "wall_seconds": previous.get("wall_seconds", 0.0), "versions": versions(),
+      "wall_seconds": previous.get("wall_seconds", 0.0), "versions": identity.library_versions(TRAINING_LIBRARIES),
       "attention_kinds": models.layer_kinds(cfg), **s.data.summary,
   }
   return Summary(os.path.join(s.workdir, metrics.SUMMARY), fields, s.is_writer)
@@ -148,7 +140,7 @@ def restore(s, train_iter):
   """(start step, state, flops, wall_seconds) to continue from. flops and wall come
   from the metrics record written at the checkpoint's step (later records are
   dropped: the resumed run rewrites them), so work redone after a kill counts once."""
-  start, state = s.ckpt.restore_latest(s.program.abstract_state, train_iter, log)
+  start, state = s.ckpt.restore_latest(s.program.abstract_state, train_iter)
   if state is None:
     state = s.program.init()
   flops, wall = start * s.tokens_per_step * models.flops_per_token(s.cfg), 0.0
@@ -254,7 +246,7 @@ def run(cfg, workdir):
   latest = s.ckpt.latest_step() or 0
   if latest >= cfg.steps and s.previous.get("status") == "done":
     s.ckpt.close()
-    log(f"{workdir}: already done ({latest} steps).")
+    logging.info(f"{workdir}: already done ({latest} steps).")
     return s.previous
   summary = start_summary(s)
   train_iter = s.data.train_iterator()
@@ -271,11 +263,11 @@ def run(cfg, workdir):
   except _Diverged as e:
     s.ckpt.close()
     r = e.record
-    log(f"step {r['step']}: {e}; stopping (status diverged, exit {EXIT_CODES['diverged']}).")
+    logging.error(f"step {r['step']}: {e}; stopping (status diverged, exit {EXIT_CODES['diverged']}).")
     return summary.update(status="diverged", step=r["step"], final_loss=r["loss"],
                           error=str(e), wall_seconds=r["wall_seconds"])
   except checkpoint.NoRestorableCheckpoint as e:
-    log(f"error: {e}")
+    logging.error(str(e))
     return summary.update(status="failed", error=str(e))
   except Exception as e:
     summary.update(status="failed", error=f"{type(e).__name__}: {e}")

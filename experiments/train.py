@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 import models
 import parallel
-from experiments import config as config_lib, state as state_lib
-from experiments.loop import EXIT_BAD_INPUT, EXIT_CODES, STATUSES, RunFailed, run, versions  # noqa: F401
+from experiments import config as config_lib, logs, state as state_lib
+from experiments.loop import EXIT_BAD_INPUT, EXIT_CODES, STATUSES, RunFailed, run  # noqa: F401
 from experiments.validation import validate
 
 
@@ -74,46 +74,51 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 
 
 def parse_flags(argv):
-  """Rejects unknown --config.KEY overrides (naming the closest keys) and values
-  that do not parse as their field's type, before absl parses them, so a typo
-  fails cleanly and nothing is created."""
-  spec = config_lib.argv_config_spec(argv)
-  if spec and config_lib.argv_override_keys(argv):
-    try:
-      config_lib.check_override_values(config_lib.load(spec), argv)
-    except ValueError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(EXIT_BAD_INPUT)
-  return flags.FLAGS(argv)
+  """absl parses the flags: ml_collections runs the config file once and applies the
+  --config.KEY overrides. A bad override fails there as a traceback naming only the
+  last path part, so it is re-explained (the config re-read, on this path only) in
+  one line naming the closest valid keys or an example value; exit 2, nothing made."""
+  try:
+    rest = flags.FLAGS(argv)
+    if flags.FLAGS["config"].value is not None:
+      flags.FLAGS["config"].value.keys()  # a file that failed to load raises on first use
+    return rest
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    spec = config_lib.argv_config_spec(argv)
+    if spec:
+      try:
+        config_lib.check_override_values(config_lib.load(spec), argv)
+      except Exception as ours:  # noqa: BLE001 - any failure here is the message
+        message = str(ours)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  logs.setup()
   if _CONFIG.value is None or not (_WORKDIR.value or _COMPILE_ONLY.value):
-    print("usage: python -m experiments.train --config=experiments/configs/lm.py:tiny "
-          "--workdir=DIR [--config.KEY=VALUE ...] [--compile_only [--num_fake_devices=N]]",
-          file=sys.stderr)
-    return EXIT_BAD_INPUT
-  try:
+    raise app.UsageError("--config=FILE.py[:variant] and --workdir=DIR (or --compile_only) "
+                         "are required", exitcode=EXIT_BAD_INPUT)
+
+  def body():
     parallel.initialize(num_cpu_devices=_FAKE_DEVICES.value,
                         coordinator_address=_COORDINATOR.value,
                         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
     if _COMPILE_ONLY.value:
       compile_only(_CONFIG.value)
       return 0
-    summary = run(_CONFIG.value, _WORKDIR.value)
-  except RunFailed as e:
-    traceback.print_exception(e.__cause__)
-    print(f"error: {e} (status failed, exit {EXIT_CODES['failed']})", file=sys.stderr)
-    return EXIT_CODES["failed"]
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-  status = summary["status"]
-  print(f"{_WORKDIR.value}: status {status}, final loss "
-        f"{summary.get('final_loss')}, eval loss {summary.get('eval_loss')}", file=sys.stderr)
-  return EXIT_CODES.get(status, 0)
+    try:
+      summary = run(_CONFIG.value, _WORKDIR.value)
+    except RunFailed as e:
+      traceback.print_exception(e.__cause__)
+      print(f"error: {e} (status failed, exit {EXIT_CODES['failed']})", file=sys.stderr)
+      return EXIT_CODES["failed"]
+    logging.info(f"{_WORKDIR.value}: status {summary['status']}, final loss "
+                 f"{summary.get('final_loss')}, eval loss {summary.get('eval_loss')}")
+    return EXIT_CODES.get(summary["status"], 0)
+  return logs.guard(body)
 
 
 if __name__ == "__main__":

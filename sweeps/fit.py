@@ -10,12 +10,12 @@ message}); the CLI prints them before the table, and --strict exits 3 unless qua
 import json
 import math
 import os
-import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 import numpy as np
 import pandas as pd
 
+from experiments import identity, logs
 from experiments.config import flatten
 from sweeps import diagnostics, fitting, laws, points as points_lib, store as store_lib
 from sweeps import flags as sweep_flags
@@ -24,10 +24,15 @@ from sweeps.jsonio import write_json_atomic
 _STORE = sweep_flags.STORE
 _CSV = flags.DEFINE_string("csv", None, "CSV with one row per run (or per logged step, for a "
                            "law fitted to loss curves: envelope).")
+def _pairs(columns):
+  return ",".join(f"{k}:{v}" for k, v in columns.items())
+
+
 _COLUMNS = flags.DEFINE_string(
     "columns", "", "KEY:COLUMN pairs mapping N, D, C, loss, run_id to input columns. Store "
-    "defaults: N:params,D:tokens,C:flops,loss:final_loss (curves: loss:loss); CSV defaults: "
-    "N:N,D:D,C:C,loss:loss. Use N:params_non_embedding to fit non-embedding parameters.")
+    f"defaults: {_pairs(points_lib.STORE_COLUMNS)} (curves: loss:loss); CSV defaults: "
+    f"{_pairs(points_lib.CSV_COLUMNS)}. Use N:params_non_embedding to fit non-embedding "
+    "parameters, loss:final_loss for the last training batch's loss.")
 _LAW = flags.DEFINE_string("law", "chinchilla", "Scaling law to fit, one of the registered "
                            f"sweeps.laws: {', '.join(sorted(laws.LAWS))}.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", fitting.FitOptions.bootstrap,
@@ -69,13 +74,13 @@ def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
       raise ValueError(f"--csv file {csv!r} does not exist")
     return pd.read_csv(csv), points_lib.CSV_COLUMNS
   runs, unreadable = store_lib.load_report(store)
-  print(f"store {store}: {len(runs)} runs read, {len(unreadable)} skipped as unreadable"
-        + (" (see warnings above)" if unreadable else ""), file=sys.stderr)
+  logging.info(f"store {store}: {len(runs)} runs read, {len(unreadable)} skipped as "
+               "unreadable" + (" (see warnings above)" if unreadable else ""))
   if status and "status" in runs:
     wanted = [s.strip() for s in status.split(",") if s.strip()]
     skipped = runs[~runs["status"].astype(str).isin(wanted)]
     if len(skipped):
-      store_lib.warn(f"using {len(runs) - len(skipped)} of {len(runs)} runs with status "
+      logs.warn(f"using {len(runs) - len(skipped)} of {len(runs)} runs with status "
                      f"{'|'.join(wanted)}; skipped: " + ", ".join(
                          f"{r} ({s})" for r, s in zip(skipped["run_id"], skipped["status"])))
     runs = runs[runs["status"].astype(str).isin(wanted)]
@@ -98,7 +103,7 @@ def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), gr
     frame = frame.assign(**{mapping["run_id"]: frame[mapping["N"]].astype(str)})
   header = {"law": law, "source": {"store": store, "csv": csv, "where": list(where),
                                    "columns": mapping, "status": status if store else None},
-            "versions": fitting.library_versions()}
+            "versions": identity.library_versions(fitting.FITTING_LIBRARIES)}
   if group_by is None:
     points = points_lib.from_frame(frame, mapping)
     result = {**header, **fitting.fit_points(points, law, options),
@@ -192,12 +197,13 @@ def _warn_unread_options(law) -> None:
   for name in LAW_OPTIONS:
     if flags.FLAGS[name].present and name not in law.options:
       readers = [other for other, law_ in laws.LAWS.items() if name in law_.options]
-      store_lib.warn(f"--{name} is ignored: the {law.name} law does not read it (laws that "
+      logs.warn(f"--{name} is ignored: the {law.name} law does not read it (laws that "
                      f"do: {', '.join(readers) or 'none'})")
 
 
 def main(argv):
   del argv
+  logs.setup()
   if _OUT.value is None:
     raise app.UsageError("--out=DIR is required")
   e_floor = _E_FLOOR.value
@@ -210,20 +216,20 @@ def main(argv):
                                holdout_fraction=_HOLDOUT.value, tau=_TAU.value,
                                irreducible=_IRREDUCIBLE.value, e_floor=e_floor)
   _warn_unread_options(laws.get(_LAW.value))
-  try:
+
+  def body():
     result = run(store=_STORE.value, csv=_CSV.value, law=_LAW.value, out=_OUT.value,
                  columns=_COLUMNS.value, where=_WHERE.value, group_by=_GROUP_BY.value,
                  status=_STATUS.value, options=options, plots=_PLOTS.value)
-  except ValueError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
-  print(f"{_LAW.value} fit: {result['n_points']} points, {result['n_dropped']} dropped")
-  print(format_diagnostics(result))
-  print(format_table(result))
-  print("wrote:\n" + "\n".join(f"  {path}" for path in result["files"]))
-  if _STRICT.value and result["quality"] != "ok":
-    print(f"--strict: quality is {result['quality']}, not ok", file=sys.stderr)
-    sys.exit(3)
+    print(f"{_LAW.value} fit: {result['n_points']} points, {result['n_dropped']} dropped")
+    print(format_diagnostics(result))
+    print(format_table(result))
+    print("wrote:\n" + "\n".join(f"  {path}" for path in result["files"]))
+    if _STRICT.value and result["quality"] != "ok":
+      logging.error(f"--strict: quality is {result['quality']}, not ok")
+      return 3
+    return 0
+  return logs.guard(body)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """One fit, end to end: point estimate, bootstrap intervals, extrapolation check, diagnostics.
 
-Produces the JSON-ready object that fit.json holds per group (DESIGN.md, Public contract).
+Produces the JSON-ready object that fit.json holds per group (docs/ARCHITECTURE.md §3,
+`fit.json`).
 """
 import dataclasses
-import importlib.metadata
-import platform
 import warnings
 
 import numpy as np
@@ -27,14 +26,7 @@ class FitOptions:
   irreducible: bool = True  # kaplan: fit an irreducible loss term E_X
 
 
-def library_versions() -> dict:
-  versions = {"python": platform.python_version()}
-  for name in ("jax", "optax", "numpy", "scipy", "pandas"):
-    try:
-      versions[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      versions[name] = None
-  return versions
+FITTING_LIBRARIES = ("jax", "optax", "numpy", "scipy", "pandas")
 
 
 def run_weights(run_id: np.ndarray, resamples: int, seed: int, strata=None) -> np.ndarray:

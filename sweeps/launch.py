@@ -12,8 +12,9 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
+from experiments import logs
 from sweeps import define
 from sweeps import plan as plan_lib
 from sweeps import progress as progress_lib
@@ -77,8 +78,8 @@ def launch(spec, store, launcher="local", parallel=1, rerun=rundir.DEFAULT_RERUN
   todo = [r for r in runs if states[r.run_id] == "new" or states[r.run_id] in rerun]
   os.makedirs(store, exist_ok=True)
   progress = progress_lib.Progress(sweep.name, runs, run_dirs, slots=parallel)
-  print(f"[{sweep.name}] {len(runs)} runs: launching {len(todo)} ({launcher}), "
-        f"{len(runs) - len(todo)} already done or live", file=sys.stderr)
+  logging.info(f"[{sweep.name}] {len(runs)} runs: launching {len(todo)} ({launcher}), "
+               f"{len(runs) - len(todo)} already done or live")
   for r in todo:
     states[r.run_id] = "queued"
   if launcher == "local":
@@ -92,7 +93,7 @@ def launch(spec, store, launcher="local", parallel=1, rerun=rundir.DEFAULT_RERUN
         account=options.get("account"), cpus_per_run=options.get("cpus_per_run", 1),
         parallel=parallel, name=sweep.name)
     jobs = slurm.submit(sweep, todo, run_dirs, executor)
-    print(f"[{sweep.name}] submitted array job {jobs[0].job_id.split('_')[0]}", file=sys.stderr)
+    logging.info(f"[{sweep.name}] submitted array job {jobs[0].job_id.split('_')[0]}")
     wait_for_slurm(jobs, todo, run_dirs, states, progress, stale_after,
                    options.get("poll_seconds", 5.0))
   progress.update(states, force=True)
@@ -108,26 +109,19 @@ def flag_options():
 
 
 def main(argv):
+  logs.setup()
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    return 2
+    raise app.UsageError(f"unexpected arguments {argv[1:]}", exitcode=logs.EXIT_BAD_INPUT)
   if not _SWEEP.value or not _STORE.value:
-    print("usage: python -m sweeps.launch --sweep=sweeps/defs/NAME.py[:arg] --store=DIR "
-          "[--launcher=local|slurm] [--parallel=K] [--rerun=...] [--dry_run]", file=sys.stderr)
-    return 2
-  try:
+    raise app.UsageError("--sweep=sweeps/defs/NAME.py[:arg] and --store=DIR are required",
+                         exitcode=logs.EXIT_BAD_INPUT)
+
+  def body():
     states = launch(_SWEEP.value, _STORE.value, _LAUNCHER.value, _PARALLEL.value,
                     rundir.parse_rerun(_RERUN.value), _DRY_RUN.value, _STALE.value,
                     **flag_options())
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt as e:
-    print(f"interrupted: {e}", file=sys.stderr)
-    return 130
-  if _DRY_RUN.value:
-    return 0
-  return 0 if all(s in rundir.FINISHED for s in states.values()) else 1
+    return 0 if _DRY_RUN.value or all(s in rundir.FINISHED for s in states.values()) else 1
+  return logs.guard(body)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ sorted canonically, so the fit does not depend on the order of runs in the input
 """
 import dataclasses
 import hashlib
-import logging
 import re
-import warnings
 
 import numpy as np
 import pandas as pd
+
+from experiments import logs
 
 KEYS = ("N", "D", "C", "loss", "run_id")
 # The held-out eval loss by default: the last training batch's loss is one noisy batch.
@@ -91,10 +91,6 @@ def apply_where(frame: pd.DataFrame, exprs) -> pd.DataFrame:
   return frame
 
 
-def _warn(message: str):
-  logging.warning(message)
-  warnings.warn(message, stacklevel=3)
-
 
 def from_frame(frame: pd.DataFrame, columns: dict, *, n_kind: str = "",
                min_points: int = MIN_POINTS) -> Points:
@@ -135,7 +131,7 @@ def from_frame(frame: pd.DataFrame, columns: dict, *, n_kind: str = "",
       if all(r != run_id[i] for r, _ in dropped):
         dropped.append((str(run_id[i]), f"{names[key] or key} = {x[i]}"))
   if reasons:
-    _warn(f"dropped {int(bad.sum())} of {len(frame)} rows: "
+    logs.warn(f"dropped {int(bad.sum())} of {len(frame)} rows: "
           + ", ".join(f"{v} with {k}" for k, v in reasons.items()) + " ("
           + ", ".join(f"{r}: {why}" for r, why in dropped[:10])
           + (" ..." if len(dropped) > 10 else "") + ")")

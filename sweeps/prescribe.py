@@ -17,12 +17,11 @@ for N = `params_non_embedding`.
 import json
 import math
 import os
-import sys
 
 from absl import app, flags
 import numpy as np
 
-from experiments import config as config_lib
+from experiments import config as config_lib, logs
 from models import flops as flops_lib
 from models import layout
 from sweeps import allocation
@@ -340,20 +339,19 @@ def format_text(p: dict) -> str:
 
 def main(argv):
   del argv
+  logs.setup()
   if _FIT.value is None or _BUDGET.value is None:
     raise app.UsageError("--fit=DIR/fit.json and --budget=FLOPS are required")
-  try:
+
+  def body():
     with open(_FIT.value) as f:
       fit = json.load(f)
     result = prescribe(fit, _BUDGET.value, group=_GROUP.value, batch_rule=_BATCH_RULE.value,
                        variant=_VARIANT.value)
-  except (OSError, ValueError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
-  if _FORMAT.value == "json":
-    print(json.dumps(strict_json(result), indent=1, allow_nan=False))
-  else:
-    print(format_text(result))
+    print(json.dumps(strict_json(result), indent=1, allow_nan=False)
+          if _FORMAT.value == "json" else format_text(result))
+    return 0
+  return logs.guard(body, bad_input=(OSError, ValueError))
 
 
 if __name__ == "__main__":

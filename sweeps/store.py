@@ -1,17 +1,17 @@
 """Run store reader: a directory of run directories -> pandas DataFrames.
 
-A run directory holds config.json, summary.json and metrics.jsonl (DESIGN.md, Public
-contract). Stores are read while sweeps are still writing to them, so a half-written metrics
-line, a missing summary or an unreadable config is reported, never fatal: load() skips such a
-run and its warning names every skipped run and why (also in frame.attrs["skipped"]).
+A run directory holds config.json, summary.json and metrics.jsonl (the run-directory
+contract, docs/ARCHITECTURE.md §3). Stores are read while sweeps are still writing to them,
+so a half-written metrics line, a missing summary or an unreadable config is reported, never
+fatal: load() skips such a run and its warning names every skipped run and why (also in
+frame.attrs["skipped"]).
 """
 import json
-import logging
 import os
-import warnings
 
 import pandas as pd
 
+from experiments import logs
 from experiments.config import flatten
 from experiments.metrics import read_metrics
 
@@ -75,10 +75,6 @@ def run_dirs(store: str) -> list[str]:
                 and any(os.path.exists(os.path.join(e.path, m)) for m in RUN_MARKERS))
 
 
-def warn(message: str):
-  logging.warning(message)
-  warnings.warn(message, stacklevel=3)
-
 
 def _listing(header: str, problems: dict) -> str:
   return header + "".join(f"\n  {run_id!r}: {why}" for run_id, why in problems.items())
@@ -109,9 +105,9 @@ def load_report(store: str) -> tuple[pd.DataFrame, dict]:
     row["run_id"] = run_id
     rows.append(row)
   if skipped:
-    warn(_listing(f"skipped {len(skipped)} unreadable run(s) in {store}:", skipped))
+    logs.warn(_listing(f"skipped {len(skipped)} unreadable run(s) in {store}:", skipped))
   if no_summary:
-    warn(f"{len(no_summary)} run(s) have no summary.json (status 'unknown'): "
+    logs.warn(f"{len(no_summary)} run(s) have no summary.json (status 'unknown'): "
          + ", ".join(no_summary))
   frame = pd.DataFrame(rows)
   for key in SUMMARY_KEYS + ("run_id",):
@@ -147,7 +143,7 @@ def curves(store: str) -> pd.DataFrame:
       frame.insert(0, "run_id", os.path.basename(path))
       frames.append(frame)
   if bad_lines:
-    warn(_listing(f"skipped malformed metrics.jsonl lines in {len(bad_lines)} run(s) of "
+    logs.warn(_listing(f"skipped malformed metrics.jsonl lines in {len(bad_lines)} run(s) of "
                   f"{store}:", bad_lines))
   columns = ["run_id", "step", "tokens", "flops", "loss", "eval_loss"]
   if not frames:

@@ -28,6 +28,7 @@ import sys
 from absl import app, flags
 import numpy as np
 
+from experiments import logs
 from sweeps import allocation, define, launch as launch_lib, plan as plan_lib, prescribe, rundir
 from sweeps import flags as sweep_flags
 from sweeps.jsonio import strict_json, write_json_atomic
@@ -237,15 +238,14 @@ def format_report(r: dict) -> str:
 
 
 def main(argv):
+  logs.setup()
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    return 2
+    raise app.UsageError(f"unexpected arguments {argv[1:]}", exitcode=logs.EXIT_BAD_INPUT)
   if not prescribe._FIT.value or prescribe._BUDGET.value is None or not sweep_flags.STORE.value:
-    print("usage: python -m sweeps.verify --fit=DIR/fit.json --budget=FLOPS --store=DIR "
-          "[--launcher=local|slurm] [--group=NAME] [--batch_rule=...] "
-          "[--seed=S] [--dry_run]", file=sys.stderr)
-    return 2
-  try:
+    raise app.UsageError("--fit=DIR/fit.json, --budget=FLOPS and --store=DIR are required",
+                         exitcode=logs.EXIT_BAD_INPUT)
+
+  def body():
     report, code = verify(
         prescribe._FIT.value, prescribe._BUDGET.value, sweep_flags.STORE.value,
         group=prescribe._GROUP.value, batch_rule=prescribe._BATCH_RULE.value,
@@ -253,16 +253,11 @@ def main(argv):
         rerun=rundir.parse_rerun(launch_lib._RERUN.value),
         stale_minutes=launch_lib._STALE.value, dry_run=launch_lib._DRY_RUN.value,
         **launch_lib.flag_options())
-  except ValueError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt as err:
-    print(f"interrupted: {err}", file=sys.stderr)
-    return 130
-  if report is not None:
-    print(json.dumps(strict_json(report), indent=1, allow_nan=False)
-          if prescribe._FORMAT.value == "json" else format_report(report))
-  return code
+    if report is not None:
+      print(json.dumps(strict_json(report), indent=1, allow_nan=False)
+            if prescribe._FORMAT.value == "json" else format_report(report))
+    return code
+  return logs.guard(body)
 
 
 if __name__ == "__main__":

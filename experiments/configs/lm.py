@@ -136,11 +136,7 @@ def small():
   c.seq_len = 256
   c.eval_every = 250
   c.checkpoint_every = 500
-  c.model.width = 512
-  c.model.depth = 4
-  c.model.heads = 8
-  c.model.kv_heads = 4
-  c.model.mlp_width = 1536
+  c.model.update(width=512, depth=4, heads=8, kv_heads=4, mlp_width=1536)
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 100
   return c
@@ -151,13 +147,8 @@ def b1():
   c = small()
   c.seq_len = 2048
   c.batch_size = 64
-  c.model.width = 2048
-  c.model.depth = 20
-  c.model.heads = 16
-  c.model.kv_heads = 8
-  c.model.mlp_width = 5632
-  c.model.vocab_size = 256
-  c.model.compute_dtype = "bfloat16"
+  c.model.update(width=2048, depth=20, heads=16, kv_heads=8, mlp_width=5632, vocab_size=256,
+                 compute_dtype="bfloat16")
   c.optimizer.lr = 3e-4
   return c
 

@@ -2,6 +2,7 @@
 records. Each case asserts that nothing finished is lost and that the user is told."""
 import glob
 import json
+import logging
 import os
 import random
 import shutil
@@ -73,14 +74,15 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
-def test_damaged_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path, capsys, how):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path, caplog, how):
+  caplog.set_level(logging.INFO)
   workdir = str(tmp_path / "run")
   crashed_copy(reference, workdir)
   CORRUPTIONS[how](f"{workdir}/checkpoints/20")
   summary = train.run(micro_config(**OVERRIDES), workdir)
   assert summary["status"] == "done"
   assert losses(workdir) == losses(reference)  # bitwise, every step
-  err = capsys.readouterr().err
+  err = caplog.text
   assert "checkpoint 20 does not restore" in err and "moved the damaged checkpoint 20" in err
   skipped = os.listdir(os.path.join(workdir, checkpoint.SKIPPED))
   assert len(skipped) == 1 and skipped[0].startswith("20-")  # kept, not deleted
@@ -136,7 +138,8 @@ def test_kill_9_during_saves_at_random_moments_resumes_bitwise(tmp_path):
   assert strict_load(workdir / "summary.json")["status"] == "done"
 
 
-def test_lost_or_damaged_config_json_cannot_mix_configs(reference, tmp_path, capsys):
+def test_lost_or_damaged_config_json_cannot_mix_configs(reference, tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   other = micro_config(**OVERRIDES, **{"optimizer.lr": 1e-3})
   for damage in ("missing", "truncated"):
     workdir = str(tmp_path / damage)
@@ -155,7 +158,8 @@ def test_lost_or_damaged_config_json_cannot_mix_configs(reference, tmp_path, cap
     assert metrics.read_json(path)["optimizer"]["lr"] == 3e-3
     if damage == "truncated":
       assert glob.glob(path + ".unreadable-*")
-    assert "fingerprint matches" in capsys.readouterr().err
+    assert "fingerprint matches" in caplog.text
+    caplog.clear()
 
 
 def test_damaged_record_files_are_survived(reference, tmp_path):

@@ -1,5 +1,6 @@
 """Run store reader: flattening, summaries, curves, and damaged stores."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -130,7 +131,8 @@ def test_all_null_summary_field_is_a_float_nan_column(tmp_path):
   assert runs["eval_loss"].dtype == float and runs["eval_loss"].isna().all()
 
 
-def test_fit_cli_prints_runs_read_and_skipped(tmp_path, capsys):
+def test_fit_cli_prints_runs_read_and_skipped(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   from sweeps import fit as fit_cli, fitting
   frame = synthetic.isoflop_design(budgets=3, per_budget=6)
   synthetic.write_store(str(tmp_path / "store"), frame, steps=1)
@@ -139,7 +141,7 @@ def test_fit_cli_prints_runs_read_and_skipped(tmp_path, capsys):
   with pytest.warns(UserWarning, match="skipped 2 unreadable run"):
     fit_cli.run(store=str(tmp_path / "store"), out=str(tmp_path / "out"), law="isoflop",
                 plots=False, options=fitting.FitOptions(bootstrap=0))
-  err = capsys.readouterr().err
+  err = caplog.text
   assert f"store {tmp_path / 'store'}: 18 runs read, 2 skipped as unreadable" in err
 
 
