@@ -8,24 +8,13 @@ ETA: the seconds per step measured since the first update after (re)start, so
 the interval that holds the train step's compilation (and the restore) is left
 out; it would inflate a short run's ETA many times. The first line says `ETA ?`.
 """
-import logging as std_logging
 import sys
 import time
 
+from absl import logging
 from rich import console as console_lib
 from rich import progress as rich_progress
 from rich import text as text_lib
-
-# absl's logger's child, pinned at INFO: an entry point may set absl's verbosity
-# to WARNING to quiet libraries (train.py does, for orbax's INFO at every save),
-# and these lines are the program's output.
-LOGGER_NAME = "absl.progress"
-
-
-def logger():
-  log = std_logging.getLogger(LOGGER_NAME)
-  log.setLevel(std_logging.INFO)
-  return log
 
 
 def clock(seconds):
@@ -93,7 +82,7 @@ class TrainProgress:
       self._first = (step, now)
     eta = self.eta(step, now)
     if self._bar is None:
-      logger().info(line(step, self.steps, loss, tokens_per_sec, eta))
+      logging.info(line(step, self.steps, loss, tokens_per_sec, eta))
       return
     if not self._started:  # started here, not in __init__: no thread before training
       self._bar.start()

@@ -31,6 +31,7 @@ import os
 import sys
 import time
 
+from absl import logging
 import numpy as np
 from rich import console as console_lib
 from rich import markup
@@ -201,7 +202,7 @@ class Progress:
     if self._bar is not None:
       self._render(states, counts, eta, stop=force)
     elif force or counts != self._last_counts or now - self._last_log >= 6 * self.every:
-      train_progress.logger().info(self._line(states, eta))
+      logging.info(self._line(states, eta))
       self._last_log, self._last_counts = now, counts
 
   def _render(self, states, counts, eta, stop):

@@ -132,7 +132,7 @@ def test_log_lines_when_not_a_tty(tmp_path, caplog):
   runs, dirs = three_runs(tmp_path)
   p = progress.Progress("demo", runs, dirs, slots=1, stream=io.StringIO(), every=0.0)
   states = {"run00": "done", "run01": "running", "run02": "queued"}
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     p.update(states)
     p.update(states)  # counts unchanged, heartbeat (6 * every = 0 s) due: logged
     p.every = 100.0
