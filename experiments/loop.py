@@ -20,7 +20,7 @@ import numpy as np
 import models
 import parallel
 from experiments import checkpoint, config as config_lib, data as data_lib, identity, logs
-from experiments import metrics
+from experiments import metrics, progress as progress_lib
 from experiments import state as state_lib
 from experiments.validation import check_workdir, validate
 
@@ -162,6 +162,7 @@ class StepLoop:
     self.s, self.train_iter, self.summary, self.writer = s, train_iter, summary, writer
     self.start, self.flops, self.base_wall = start, flops, wall
     self.wall0 = self.last_time = time.time()
+    self.progress = progress_lib.TrainProgress(s.cfg.steps, start)
     self.last_step = start
     self.eval_batches = [state_lib.global_batch(s.program, b) for b in s.data.eval_iterable()]
 
@@ -197,8 +198,7 @@ class StepLoop:
       losses = [self.s.program.eval_step(state["params"], b) for b in self.eval_batches]
       record["eval_loss"] = float(np.mean(jax.device_get(losses)))
     self.writer.write(record)  # before the checkpoint: a resume reads it back
-    metrics.progress_line(step, cfg.steps, record["loss"], record["tokens_per_sec"],
-                          step - self.start, now - self.wall0)
+    self.progress.update(step, record["loss"], record["tokens_per_sec"], now)
     return record
 
   def finish_record(self, step, record, state, checkpointing):
@@ -250,14 +250,15 @@ def run(cfg, workdir):
     return s.previous
   summary = start_summary(s)
   train_iter = s.data.train_iterator()
-  writer, preemption = None, _Preemption()
+  writer, preemption, loop = None, _Preemption(), None
   try:
     start, state, flops, wall = restore(s, train_iter)
     writer = metrics.MetricsWriter(workdir, enabled=s.is_writer, wandb_cfg=cfg.wandb,
                                    config=s.cfg_dict)
     summary.update(status="running", step=start, tokens=start * s.tokens_per_step,
                    flops=flops, wall_seconds=wall)
-    status = StepLoop(s, train_iter, summary, writer, start, flops, wall).run(state, preemption)
+    loop = StepLoop(s, train_iter, summary, writer, start, flops, wall)
+    status = loop.run(state, preemption)
     s.ckpt.close()
     return summary.update(status=status)
   except _Diverged as e:
@@ -276,6 +277,8 @@ def run(cfg, workdir):
     summary.update(status="failed", error=f"{type(e).__name__}: {e}")
     raise
   finally:
+    if loop is not None:
+      loop.progress.close()
     preemption.restore()
     if writer is not None:
       writer.close()

@@ -3,9 +3,7 @@ import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
-import time
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -57,6 +55,7 @@ def write_text_atomic(path, text):
   creates 0600; the file gets the mode open() would give (0666 less the umask),
   so a shared store stays readable to colleagues."""
   directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   try:
     os.fchmod(fd, 0o666 & ~_umask())
@@ -178,14 +177,3 @@ class MetricsWriter:
     if self._wandb is not None:
       self._wandb.finish()
 
-
-def progress_line(step, steps, loss, tokens_per_sec, elapsed_steps, elapsed_seconds):
-  rate = elapsed_steps / max(elapsed_seconds, 1e-9)
-  eta = int((steps - step) / rate) if rate > 0 else 0
-  print(f"step {step}/{steps}  loss {loss:.4f}  {tokens_per_sec:,.0f} tok/s  "
-        f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}",
-        file=sys.stderr, flush=True)
-
-
-def now():
-  return time.time()

@@ -19,7 +19,7 @@ from experiments import identity, logs
 from experiments.config import flatten
 from sweeps import diagnostics, fitting, laws, points as points_lib, store as store_lib
 from sweeps import flags as sweep_flags
-from sweeps.jsonio import write_json_atomic
+from experiments.metrics import write_json_atomic
 
 _STORE = sweep_flags.STORE
 _CSV = flags.DEFINE_string("csv", None, "CSV with one row per run (or per logged step, for a "

@@ -25,7 +25,7 @@ from experiments import config as config_lib, logs
 from models import flops as flops_lib
 from models import layout
 from sweeps import allocation
-from sweeps.jsonio import strict_json
+from experiments.metrics import to_strict
 
 ASPECT = 64  # width / depth preferred without a fitted run (Kaplan et al.: flat near 50-100)
 ASPECT_WEIGHT = 0.05  # score per unit |log(aspect / preferred)|, against |log(N / N_opt)|
@@ -348,7 +348,7 @@ def main(argv):
       fit = json.load(f)
     result = prescribe(fit, _BUDGET.value, group=_GROUP.value, batch_rule=_BATCH_RULE.value,
                        variant=_VARIANT.value)
-    print(json.dumps(strict_json(result), indent=1, allow_nan=False)
+    print(json.dumps(to_strict(result), indent=1, allow_nan=False)
           if _FORMAT.value == "json" else format_text(result))
     return 0
   return logs.guard(body, bad_input=(OSError, ValueError))

@@ -31,7 +31,7 @@ import numpy as np
 from experiments import logs
 from sweeps import allocation, define, launch as launch_lib, plan as plan_lib, prescribe, rundir
 from sweeps import flags as sweep_flags
-from sweeps.jsonio import strict_json, write_json_atomic
+from experiments.metrics import to_strict, write_json_atomic
 from sweeps import laws
 
 # --fit, --budget, --variant, --group, --batch_rule, --format are sweeps.prescribe's flags and
@@ -254,7 +254,7 @@ def main(argv):
         stale_minutes=launch_lib._STALE.value, dry_run=launch_lib._DRY_RUN.value,
         **launch_lib.flag_options())
     if report is not None:
-      print(json.dumps(strict_json(report), indent=1, allow_nan=False)
+      print(json.dumps(to_strict(report), indent=1, allow_nan=False)
             if prescribe._FORMAT.value == "json" else format_report(report))
     return code
   return logs.guard(body)

@@ -116,5 +116,5 @@ def test_sigkill_mid_sweep_then_relaunch_resumes(tmp_path):
     assert steps == logged_steps(cfg), d  # no duplicate, no missing line
   attempts = open(os.path.join(b_dir, "stderr.log")).read().split("=== ")[1:]
   assert len(attempts) == 2
-  first_step = int(re.search(r"^step (\d+)/", attempts[1], re.M).group(1))
+  first_step = int(re.search(r"\] step (\d+)/", attempts[1]).group(1))
   assert first_step > 20, attempts[1][:2000]  # resumed from a checkpoint, not from scratch
