@@ -1,6 +1,9 @@
-"""optax AdamW with warmup + cosine / warmup-stable-decay, clipping, decay masks, muP LRs."""
+"""optax AdamW with warmup + cosine / warmup-stable-decay, clipping, decay masks, and the
+per-group LR (and CompleteP eps) multipliers of models/parametrization.py."""
 import jax
 import optax
+
+from models import parametrization
 
 SCHEDULES = ("cosine", "wsd", "constant")
 
@@ -28,28 +31,40 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def lr_multipliers(params, model_cfg, width_mult):
-  """muP (MuAdam): hidden matrices (both dims grow with width) learn at
-  lr / width_mult; the embedding, the readout (whose logits the model divides by
-  width_mult instead) and vectors learn at lr. SP: 1 everywhere."""
-  def mult(path, p):
-    name = jax.tree_util.keystr(path)
-    vector_like = p.ndim < 2 or "embed_VD" in name or "unembed_DV" in name
-    if model_cfg.parametrization != "mup" or vector_like:
-      return 1.0
-    return 1.0 / width_mult
-  return jax.tree_util.tree_map_with_path(mult, params)
+def _per_param(params, fn):
+  """fn(path name, shape) for every parameter (works on abstract params too)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: fn(jax.tree_util.keystr(path), p.shape), params)
 
 
-def make(opt_cfg, steps, params, model_cfg, width_mult):
+def lr_multipliers(params, model_cfg, width_mult=None):
+  """Each parameter's Adam LR multiplier: its group's rule (parametrization.classify).
+  width_mult is accepted for older callers; the table reads it from model_cfg."""
+  del width_mult
+  return _per_param(params, lambda name, shape: parametrization.lr_multiplier(
+      model_cfg, parametrization.classify(name, shape), parametrization.in_block(name)))
+
+
+def eps_multipliers(params, model_cfg):
+  return _per_param(params, lambda name, _: parametrization.eps_multiplier(
+      model_cfg, parametrization.in_block(name)))
+
+
+def _scale_by(mults):
+  return optax.stateless(lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, mults))
+
+
+def make(opt_cfg, steps, params, model_cfg, width_mult=None):
   """(GradientTransformation, lr schedule)."""
   lr = schedule(opt_cfg, steps)
-  mults = lr_multipliers(params, model_cfg, width_mult)
-  scale_per_param = optax.stateless(
-      lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, mults))
-  tx = optax.chain(
-      optax.clip_by_global_norm(opt_cfg.grad_clip),
-      optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                  weight_decay=opt_cfg.weight_decay, mask=decay_mask),
-      scale_per_param)
-  return tx, lr
+  adamw = optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+                      weight_decay=opt_cfg.weight_decay, mask=decay_mask)
+  chain = [optax.clip_by_global_norm(opt_cfg.grad_clip)]
+  if parametrization.depth_scaling(model_cfg) != "none":
+    # A per-parameter AdamW eps (CompleteP): Adam is invariant to a gradient's scale
+    # except through eps, so gradients x 1/c give m / (sqrt(v) + c eps) exactly. After
+    # the clip, so the clip still sees the true norm; weight decay is unaffected.
+    chain.append(_scale_by(jax.tree.map(lambda c: 1.0 / c,
+                                        eps_multipliers(params, model_cfg))))
+  chain += [adamw, _scale_by(lr_multipliers(params, model_cfg, width_mult))]
+  return optax.chain(*chain), lr

@@ -12,6 +12,7 @@ from kernels.linear_reference import FEATURE_MAPS
 from kernels.sparse import ESTIMATORS
 from models.attention import SPARSE_KINDS, layer_kinds
 from models.layout import PARAMETRIZATIONS
+from models.parametrization import DEPTH_SCALINGS
 from models.transformer import DTYPES
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -95,6 +96,9 @@ def _check_model(cfg):
   _one_of(cfg, "model.parametrization", PARAMETRIZATIONS)
   if m.parametrization == "mup":
     _at_least(cfg, 1, "model.mup_base_width")
+  _one_of(cfg, "model.depth_scaling", DEPTH_SCALINGS)
+  if m.depth_scaling != "none":
+    _at_least(cfg, 1, "model.depth_base")
   _one_of(cfg, "model.compute_dtype", tuple(DTYPES))
   _positive(cfg, "model.rope_theta")
 

@@ -5,7 +5,8 @@ importing JAX or Flax (sweep dry runs plan hundreds of runs instantly).
 """
 from kernels.lazy import loader
 
-_EXPORTS = {"LM": "models.transformer", "width_mult": "models.transformer",
+_EXPORTS = {"LM": "models.transformer", "width_mult": "models.parametrization",
+            "depth_mult": "models.parametrization",
             "count_params": "models.flops", "flops_per_token": "models.flops",
             "flops_breakdown": "models.flops", "layer_kinds": "models.layout"}
 

@@ -5,6 +5,7 @@ from flax import nnx
 
 from kernels import kinds
 import parallel
+from models import parametrization
 from models.layers import apply_rope, param
 from models.layout import head_dim, layer_kinds  # noqa: F401  (layer_kinds: re-export)
 
@@ -43,9 +44,9 @@ class Attention(nnx.Module):
     self.kind, self.impl = kind, cfg.attention.impl
     self.params = kind_params(cfg.attention, kind)
     self.heads, self.kv_heads, self.head_dim = m.heads, m.kv_heads, head_dim(m)
-    # muP uses 1/K attention logits (Tensor Programs V); the kernels scale by
-    # 1/sqrt(K), so q is pre-scaled by another 1/sqrt(K).
-    self.q_scale = self.head_dim ** -0.5 if m.parametrization == "mup" else 1.0
+    # muP's 1/K attention logits (parametrization.ATTENTION_POWER): the kernels scale
+    # by 1/sqrt(K), so q carries the rest.
+    self.q_scale = parametrization.attention_q_scale(m, self.head_dim)
     D, H, G, K = m.width, m.heads, m.kv_heads, self.head_dim
     self.wq_DHK = param(rngs, (D, H, K), ("embed", "heads", "head_dim"), std)
     self.wk_DGK = param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std)

@@ -17,14 +17,18 @@ def param(rngs, shape, names, std):
   return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
 
 
-def ones_param(shape, names):
-  return nnx.Param(jnp.ones(shape, jnp.float32), out_sharding=tuple(names),
-                   eager_sharding=False)
+def ones_param(shape, names, scale=1.0):
+  """A float32 parameter filled with `scale` (a norm's gain)."""
+  value = jnp.ones(shape, jnp.float32)
+  if scale != 1.0:
+    value = value * scale
+  return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
 
 
 class RMSNorm(nnx.Module):
-  def __init__(self, width, *, eps=1e-6):
-    self.scale = ones_param((width,), ("norm",))
+  def __init__(self, width, *, eps=1e-6, scale=1.0):
+    """scale: the gain's init (the vector group's, models/parametrization.py)."""
+    self.scale = ones_param((width,), ("norm",), scale)
     self.eps = eps
 
   def __call__(self, x_BLD):

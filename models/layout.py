@@ -1,8 +1,7 @@
 """Shape facts read from a config, with no JAX import (the FLOP counts and the
 sweep planner's dry run use them without starting JAX)."""
 from kernels import kinds
-
-PARAMETRIZATIONS = ("sp", "mup")
+from models.parametrization import PARAMETRIZATIONS  # noqa: F401  (re-export; no JAX)
 
 
 def head_dim(model_cfg):

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 import parallel
+from models import parametrization
 from models.layers import param
 from models.layout import head_dim
 
@@ -30,9 +31,10 @@ def causal_conv2(x_BLCK, w_2CK):
   return w_2CK[0] * x_BLCK + w_2CK[1] * shifted_BLCK
 
 
-def _conv_weights(channels, dim):
-  # Identity at initialisation (w_0 = 1, w_1 = 0); learning moves it.
-  value = jnp.stack([jnp.ones((channels, dim)), jnp.zeros((channels, dim))])
+def _conv_weights(channels, dim, tap):
+  # Identity at initialisation (w_0 = tap = 1, w_1 = 0); learning moves it. Its own
+  # parameter group ("conv"): the fan-in is the 2 taps at any width.
+  value = jnp.stack([jnp.ones((channels, dim)) * tap, jnp.zeros((channels, dim))])
   names = ("conv", "heads", "head_dim")
   return nnx.Param(value.astype(jnp.float32), out_sharding=names, eager_sharding=False)
 
@@ -51,13 +53,14 @@ class LinearAttention(nnx.Module):
     self.decay = a.decay
     if a.decay:
       self.wa_DH = param(rngs, (D, H), ("embed", "heads"), std)
-      self.decay_bias_H = nnx.Param(_decay_bias(H), out_sharding=("heads",),
-                                    eager_sharding=False)
+      bias_H = parametrization.init_scale(m, "vector", _decay_bias(H))
+      self.decay_bias_H = nnx.Param(bias_H, out_sharding=("heads",), eager_sharding=False)
     self.conv = a.conv
     if a.conv:
-      self.conv_q_2HK = _conv_weights(H, K)
-      self.conv_k_2GK = _conv_weights(G, K)
-      self.conv_v_2GK = _conv_weights(G, K)
+      tap = parametrization.init_scale(m, "conv", 1.0)
+      self.conv_q_2HK = _conv_weights(H, K, tap)
+      self.conv_k_2GK = _conv_weights(G, K, tap)
+      self.conv_v_2GK = _conv_weights(G, K, tap)
 
   def __call__(self, x_BLD, cos_LF=None, sin_LF=None):
     del cos_LF, sin_LF  # position comes from the decay

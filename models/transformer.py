@@ -6,32 +6,42 @@ import parallel
 from kernels import kinds
 from models.attention import Attention, head_dim, layer_kinds
 from models.linear_attention import LinearAttention
+from models import parametrization as P
 from models.layers import RMSNorm, SwiGLU, param, rope_tables
+from models.parametrization import width_mult  # noqa: F401  (re-export)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # KindSpec.layer -> the module around the attention core.
 LAYERS = {"attention": Attention, "linear": LinearAttention}
 
 
-def width_mult(model_cfg):
-  """muP's width multiplier relative to the base (proxy) width; 1 under SP."""
-  if model_cfg.parametrization == "mup":
-    return model_cfg.width / model_cfg.mup_base_width
-  return 1.0
+class Activation(nnx.Variable):
+  """A coordinate-check probe (`LM(...)(tokens, probe=True)`). Not an nnx.Intermediate:
+  the train step averages every Intermediate into attn_density."""
 
 
 class Block(nnx.Module):
   def __init__(self, cfg, kind, *, rngs, std, out_std):
     m = cfg.model
-    self.attn_norm = RMSNorm(m.width, eps=m.norm_eps)
+    norm_scale = P.init_scale(m, "vector", 1.0)
+    self.attn_norm = RMSNorm(m.width, eps=m.norm_eps, scale=norm_scale)
     self.attn = LAYERS[kinds.get(kind).layer](cfg, kind, rngs=rngs, std=std, out_std=out_std)
-    self.mlp_norm = RMSNorm(m.width, eps=m.norm_eps)
+    self.mlp_norm = RMSNorm(m.width, eps=m.norm_eps, scale=norm_scale)
     self.mlp = SwiGLU(m.width, m.mlp_width, rngs=rngs, std=std, out_std=out_std)
+    self.branch_mult = P.branch_multiplier(m)  # CompleteP: 1 / d
 
-  def __call__(self, x_BLD, cos_LF, sin_LF):
-    x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), cos_LF, sin_LF)
+  def _branch(self, y_BLD, name, probe):
+    if self.branch_mult != 1.0:  # "none" keeps the old graph exactly
+      y_BLD = y_BLD * jnp.asarray(self.branch_mult, y_BLD.dtype)
+    if probe:
+      self.sow(Activation, name, y_BLD)
+    return y_BLD
+
+  def __call__(self, x_BLD, cos_LF, sin_LF, probe=False):
+    attn_BLD = self.attn(self.attn_norm(x_BLD), cos_LF, sin_LF)
+    x_BLD = x_BLD + self._branch(attn_BLD, "attn_out", probe)
     x_BLD = parallel.constrain(x_BLD, ("batch", "length", "embed"))
-    x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
+    x_BLD = x_BLD + self._branch(self.mlp(self.mlp_norm(x_BLD)), "mlp_out", probe)
     return parallel.constrain(x_BLD, ("batch", "length", "embed"))
 
 
@@ -40,8 +50,7 @@ class LM(nnx.Module):
 
   def __init__(self, cfg, *, rngs):
     m = cfg.model
-    if m.parametrization not in ("sp", "mup"):
-      raise ValueError(f"model.parametrization must be 'sp' or 'mup', got {m.parametrization!r}.")
+    P.check(m)
     if m.compute_dtype not in DTYPES:
       raise ValueError(f"model.compute_dtype must be one of {list(DTYPES)}, got {m.compute_dtype!r}.")
     if m.heads % m.kv_heads:
@@ -50,28 +59,34 @@ class LM(nnx.Module):
       raise ValueError(f"head_dim {head_dim(m)} must be even for RoPE.")
     self.compute_dtype = DTYPES[m.compute_dtype]
     self.head_dim, self.rope_theta = head_dim(m), m.rope_theta
-    # SP: every matrix ~ N(0, init_std^2), residual outputs scaled by 1/sqrt(2 depth).
-    # muP (Tensor Programs V, Table 3): hidden weights var ∝ 1/fan_in (std shrinks
-    # with sqrt(width_mult)), embedding std fixed, readout logits divided by width_mult.
-    mult = width_mult(m)
-    std = m.init_std / mult ** 0.5
-    out_std = std / (2 * m.depth) ** 0.5
-    self.readout_scale = 1.0 / mult
-    self.embed_VD = param(rngs, (m.vocab_size, m.width), ("vocab", "embed"), m.init_std)
+    # Every init std and multiplier comes from the table in models/parametrization.py
+    # (SP, muP; CompleteP for depth). The residual branches' output projections get
+    # GPT-2's extra 1/sqrt(2 L).
+    std = P.init_scale(m, "hidden", m.init_std)
+    out_std = P.residual_out_std(m, std)
+    self.readout_scale = P.forward_multiplier(m, "readout")
+    self.embed_VD = param(rngs, (m.vocab_size, m.width), ("vocab", "embed"),
+                          P.init_scale(m, "embedding", m.init_std))
     self.blocks = nnx.List([Block(cfg, kind, rngs=rngs, std=std, out_std=out_std)
                             for kind in layer_kinds(cfg)])
-    self.final_norm = RMSNorm(m.width, eps=m.norm_eps)
+    self.final_norm = RMSNorm(m.width, eps=m.norm_eps, scale=P.init_scale(m, "vector", 1.0))
     self.tie_embeddings = m.tie_embeddings
     if not m.tie_embeddings:
-      self.unembed_DV = param(rngs, (m.width, m.vocab_size), ("embed", "vocab"), std)
+      self.unembed_DV = param(rngs, (m.width, m.vocab_size), ("embed", "vocab"),
+                              P.init_scale(m, "readout", m.init_std))
 
-  def __call__(self, tokens_BL):
+  def __call__(self, tokens_BL, probe=False):
+    """probe=True sows each group's activations as `Activation`s (the coordinate check)."""
     dtype = self.compute_dtype
     x_BLD = self.embed_VD[...].astype(dtype)[tokens_BL]
     x_BLD = parallel.constrain(x_BLD, ("batch", "length", "embed"))
+    if probe:
+      self.sow(Activation, "embed", x_BLD)
     cos_LF, sin_LF = rope_tables(tokens_BL.shape[1], self.head_dim, self.rope_theta)
     for block in self.blocks:
-      x_BLD = block(x_BLD, cos_LF, sin_LF)
+      x_BLD = block(x_BLD, cos_LF, sin_LF, probe=probe)
+    if probe:
+      self.sow(Activation, "residual", x_BLD)
     x_BLD = self.final_norm(x_BLD)
     head_DV = (self.embed_VD[...].T if self.tie_embeddings else self.unembed_DV[...])
     logits_BLV = (x_BLD @ head_DV.astype(dtype)).astype(jnp.float32)

@@ -57,6 +57,8 @@ def _model():
   c.tie_embeddings = False
   c.parametrization = "sp"      # sp | mup
   c.mup_base_width = 64         # muP: width of the tuned proxy model
+  c.depth_scaling = "none"      # none | completep (residual branches x depth_base / depth)
+  c.depth_base = 2              # completep: depth of the tuned proxy model
   c.init_std = 0.02
   c.norm_eps = 1e-6
   c.rope_theta = 10000.0
