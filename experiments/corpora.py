@@ -5,10 +5,9 @@ successors per context. Its entropy rate (nats/token) is computed exactly from
 the stationary distribution, so the irreducible loss is known; an order-2 chain
 cannot be learned from unigram or bigram statistics alone.
 `pystdlib`: the running interpreter's standard-library `.py` files, sorted.
-`text_files`: user globs of .txt / .jsonl files.
+`text_files` and the other file corpora: experiments/sources.py.
 """
 import dataclasses
-import glob
 import json
 import os
 import sysconfig
@@ -130,27 +129,16 @@ def read_documents(paths, text_field="text", max_bytes=0):
   return docs
 
 
-def text_file_paths(patterns):
-  paths = []
-  for pattern in [p.strip() for p in patterns.split(",") if p.strip()]:
-    paths.extend(sorted(glob.glob(os.path.expanduser(pattern), recursive=True)))
-  paths = [p for p in paths if os.path.isfile(p)]
-  if not paths:
-    raise ValueError(
-        f"data.files={patterns!r} matches no files; give a glob of .txt/.jsonl "
-        "files, e.g. --config.data.files='~/corpus/*.txt'.")
-  return paths
-
-
-def split_stream(docs, eval_fraction):
-  """(train, eval) uint8 streams: every round(1/f)-th document is held out; with
-  too few documents the stream's tail is held out instead."""
+def split_stream(docs, eval_fraction, join=None):
+  """(train, eval) streams, join(docs) each (default: bytes joined by NUL): every
+  round(1/f)-th document is held out; with too few documents the stream's tail is."""
+  join = join or to_stream
   every = max(2, round(1 / eval_fraction))
   if len(docs) >= 2 * every:
     train = [d for i, d in enumerate(docs) if i % every != every - 1]
     held = [d for i, d in enumerate(docs) if i % every == every - 1]
-    return to_stream(train), to_stream(held)
-  stream = to_stream(docs)
+    return join(train), join(held)
+  stream = join(docs)
   cut = int(len(stream) * (1 - eval_fraction))
   return stream[:cut], stream[cut:]
 

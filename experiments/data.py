@@ -12,9 +12,9 @@ import dataclasses
 import grain
 import numpy as np
 
-from experiments import corpora
+from experiments import corpora, sources, tokenizers
 
-CORPORA = ("synthetic", "pystdlib", "text_files")
+CORPORA = ("synthetic", *sources.SOURCES)
 
 
 class StreamWindows(grain.sources.RandomAccessDataSource):
@@ -94,11 +94,42 @@ def _synthetic(cfg):
   return WindowPool(train), WindowPool(held), summary
 
 
+def _stream_maker(cfg, tok):
+  """docs -> one stream: documents joined by the tokenizer's eos id. Byte-level text
+  keeps its fast path (bytes joined by NUL), the stream every earlier run read."""
+  vocab = cfg.model.vocab_size
+  dtype = tokenizers.id_dtype(vocab)
+
+  def ids(n, doc):
+    if not isinstance(doc, np.ndarray):
+      return tok.encode(doc)
+    if doc.size and (doc.min() < 0 or doc.max() >= vocab):
+      raise ValueError(f"pre-tokenized document {n} holds ids in [{doc.min()}, {doc.max()}], "
+                       f"outside model.vocab_size {vocab}; set model.vocab_size (or "
+                       "data.tokenizer to the tokenizer that made them).")
+    return doc
+
+  def stream(docs):
+    if tok.name == "byte" and all(isinstance(d, bytes) for d in docs):
+      return corpora.to_stream(docs)
+    sep = np.array([tok.eos_id], dtype)
+    parts = [part for n, d in enumerate(docs) for part in ((sep,) if n else ()) + (ids(n, d),)]
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+  return stream
+
+
 def _text(cfg, docs):
-  if cfg.model.vocab_size < 256:
-    raise ValueError(f"byte-level text needs model.vocab_size >= 256, got {cfg.model.vocab_size}.")
-  train, held = corpora.split_stream(docs, cfg.data.eval_fraction)
-  summary = {"data_train_bytes": int(len(train)), "data_eval_bytes": int(len(held))}
+  tok = tokenizers.load(cfg.data.tokenizer)
+  if cfg.model.vocab_size < tok.vocab_size:
+    raise ValueError(f"data.tokenizer {tok.name!r} has {tok.vocab_size} tokens but "
+                     f"model.vocab_size is {cfg.model.vocab_size}; set "
+                     f"--config.model.vocab_size={tok.vocab_size} (or more).")
+  train, held = corpora.split_stream(list(docs), cfg.data.eval_fraction, _stream_maker(cfg, tok))
+  if tok.name == "byte" and train.dtype == np.uint8:
+    summary = {"data_train_bytes": int(len(train)), "data_eval_bytes": int(len(held))}
+  else:
+    summary = {"data_train_tokens": int(len(train)), "data_eval_tokens": int(len(held)),
+               "data_tokenizer": tok.name}
   return StreamWindows(train, cfg.seq_len), StreamWindows(held, cfg.seq_len), summary
 
 
@@ -112,13 +143,8 @@ def build(cfg, process_index=0, process_count=1):
                      f"{process_count} processes.")
   if corpus == "synthetic":
     train, held, summary = _synthetic(cfg)
-  elif corpus == "pystdlib":
-    train, held, summary = _text(cfg, corpora.read_documents(
-        corpora.stdlib_files(), max_bytes=cfg.data.max_bytes))
   else:
-    paths = corpora.text_file_paths(cfg.data.files)
-    train, held, summary = _text(cfg, corpora.read_documents(
-        paths, cfg.data.text_field, cfg.data.max_bytes))
+    train, held, summary = _text(cfg, sources.documents(cfg.data))
   local_batch = cfg.batch_size // process_count
   if len(train) < cfg.batch_size or len(held) < cfg.batch_size:
     raise ValueError(

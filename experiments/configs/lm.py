@@ -32,14 +32,18 @@ def base():
 
 def _data():
   c = config_dict.ConfigDict()
-  c.corpus = "synthetic"         # synthetic | pystdlib | text_files
+  c.corpus = "synthetic"         # synthetic | pystdlib | text_files | parquet | array_record
+                                 # | hf_dataset | token_bin (experiments/sources.py)
   c.seed = 1234                  # the source itself (chain, file sampling)
   c.synthetic_alphabet = 16      # synthetic: order-k Markov chain over symbols
   c.synthetic_order = 2
   c.synthetic_branching = 3      # successors per context
   c.synthetic_windows = 16384    # train windows in the pool (eval pool is 1/16)
-  c.files = ""                   # text_files: glob(s) of .txt/.jsonl, comma-separated
-  c.text_field = "text"          # text_files: jsonl field holding the text
+  c.files = ""                   # file corpora: comma-separated globs (hf_dataset: its directory)
+  c.text_field = "text"          # jsonl field / parquet or hf_dataset column holding the text
+  c.token_field = ""             # parquet / hf_dataset: a list<int> column of token ids instead
+  c.token_dtype = ""             # array_record (token records), token_bin: uint16 | uint32
+  c.tokenizer = "byte"           # byte | path to a SentencePiece *.model | HF tokenizers *.json
   c.max_bytes = 0                # cap on corpus bytes (0 = all)
   c.eval_fraction = 0.02         # text corpora: share of documents held out
   return c
