@@ -1,6 +1,7 @@
 """`chinchax SUBCOMMAND ...`: dispatches to the module entry points (the contract).
 
   chinchax train ...      == python -m experiments.train ...
+  chinchax prepare ...    == python -m experiments.prepare ...
   chinchax launch ...     == python -m sweeps.launch ...
   chinchax fit ...        == python -m sweeps.fit ...
   chinchax prescribe ...  == python -m sweeps.prescribe ...
@@ -10,10 +11,12 @@
 import runpy
 import sys
 
-COMMANDS = {"train": "experiments.train", "launch": "sweeps.launch",
+COMMANDS = {"train": "experiments.train", "prepare": "experiments.prepare",
+            "launch": "sweeps.launch",
             "fit": "sweeps.fit", "prescribe": "sweeps.prescribe", "verify": "sweeps.verify"}
 DESCRIPTIONS = {
     "train": "train one run into a run directory (resumes from its checkpoints)",
+    "prepare": "tokenize a corpus once into ArrayRecord shards that training reads",
     "launch": "launch a sweep definition into a run store (local processes or Slurm)",
     "fit": "fit a scaling law to a run store or a CSV: fit.json, diagnostics, plots",
     "prescribe": "turn a fit into a model config that spends a FLOP budget",

@@ -20,7 +20,8 @@ def test_cli_rejects_unknown_command():
   assert proc.returncode == 2 and "usage: chinchax" in proc.stderr
 
 
-@pytest.mark.parametrize("command,flag", [("train", "--workdir"), ("launch", "--sweep"),
+@pytest.mark.parametrize("command,flag", [("train", "--workdir"), ("prepare", "--shards"),
+                                          ("launch", "--sweep"),
                                           ("fit", "--law"), ("prescribe", "--budget")])
 def test_cli_dispatches_to_the_module(command, flag):
   proc = subprocess.run([sys.executable, "-c", "from experiments.cli import main; main()",
