@@ -35,7 +35,7 @@ from experiments import tokenizers
 MANIFEST = "prepared.json"
 FORMAT = "chinchax.prepared/1"
 RECORD_OPTIONS = "group_size:1"  # random access by record, as grain reads them
-CHUNK_BYTES, CHUNK_DOCS = 1 << 20, 1024  # one worker task
+CHUNK_BYTES, CHUNK_DOCS = 1 << 18, 256  # one worker task (a few per worker in flight)
 SOURCE_KEYS = ("corpus", "files", "text_field", "token_field", "token_dtype", "max_bytes")
 
 
@@ -127,8 +127,8 @@ def _chunks(docs):
 
 
 def _encoded(cfg, dtype, workers):
-  """(text bytes, records) per chunk, in document order. K > 1: a spawn pool with a bounded window of
-  chunks in flight (ordered, memory bounded); K = 1: in this process."""
+  """(text bytes, records) per chunk, in document order. K > 1: a process pool with
+  a bounded window of chunks in flight (ordered, memory bounded); K = 1: here."""
   chunks = _chunks(sources.documents(cfg.data))
   spec = cfg.data.tokenizer or "byte"
   if workers == 1:
@@ -136,7 +136,10 @@ def _encoded(cfg, dtype, workers):
     yield from ((size, _encode_chunk(c)) for size, c in chunks)
     return
   import multiprocessing
-  pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (spec, dtype))
+  # fork on Linux: spawn would re-import the caller's __main__ (a benchmark's jax and
+  # models) in every worker. The pool is made before any thread (the bar starts later).
+  method = "fork" if sys.platform == "linux" else "spawn"
+  pool = multiprocessing.get_context(method).Pool(workers, _init_worker, (spec, dtype))
   try:
     pending = collections.deque()
     for size, chunk in chunks:
@@ -171,12 +174,15 @@ class PrepareProgress:
           rich_progress.TimeElapsedColumn(), rich_progress.TimeRemainingColumn(),
           console=console, expand=True)
       self._task = self._bar.add_task("prepare", total=documents, mb="0.0", rate="-")
-      self._bar.start()
+      self._started = False
 
   def update(self, docs, nbytes, tokens):
     now = time.time()
     rate = tokens / max(now - self._start, 1e-9)
     if self._bar is not None:
+      if not self._started:  # started here: no thread before the worker pool forks
+        self._bar.start()
+        self._started = True
       self._bar.update(self._task, completed=docs, mb=f"{nbytes / 1e6:,.1f}",
                        rate=f"{rate:,.0f}")
     elif now - self._logged >= self.every or docs >= self.documents:
@@ -186,8 +192,9 @@ class PrepareProgress:
                    f"{tokens:,} tokens  {rate:,.0f} tok/s  ETA {progress.clock(eta)}")
 
   def close(self):
-    if self._bar is not None:
+    if self._bar is not None and self._started:
       self._bar.stop()
+      self._started = False
 
 
 # --- prepare -----------------------------------------------------------------
