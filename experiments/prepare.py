@@ -12,8 +12,9 @@ override line printed at the end (data.corpus=array_record ...): the same token
 stream as the original corpus with the same tokenizer, without re-tokenizing.
 
 Atomic: everything is written to a temp dir beside DIR, renamed to DIR at the
-end; bad input fails before anything is written. An existing non-empty DIR is
-refused unless it is a finished prepare of the same inputs (then a no-op).
+end (a killed prepare leaves only a hidden .DIR.tmp-* beside it); bad input fails
+before anything is written. An existing non-empty DIR is refused unless it is a
+finished prepare of the same inputs (then a no-op; the worker count is no input).
 """
 import collections
 import hashlib
@@ -247,7 +248,10 @@ def _write(tmp, cfg, dtype, bounds, workers, bar):
   try:
     for size, records in _encoded(cfg, dtype, workers):
       for record in records:
-        while doc >= bounds[shard + 1]:
+        if doc == bounds[-1]:
+          raise ValueError(f"the corpus changed while it was read (more than the {doc} "
+                           "documents counted); run prepare again.")
+        if doc == bounds[shard + 1]:  # every shard holds at least one document
           shard += 1
           writer.close()
           writer = None

@@ -199,3 +199,18 @@ def test_progress_is_a_bar_on_a_terminal():
   bar.update(5, 2_000_000, 12_345)
   bar.close()
   assert "prepare" in sink.getvalue() and "5/10" in sink.getvalue()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failure_while_writing_leaves_nothing(workers, tmp_path):
+  from array_record.python import array_record_module
+  path = str(tmp_path / "in" / "ids.array_record")
+  os.makedirs(os.path.dirname(path))
+  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+  for ids in [[1, 2, 3]] * 300 + [[1, 300]]:  # the last document's ids exceed the bytes' 256
+    writer.write(np.asarray(ids, "<u2").tobytes())
+  writer.close()
+  cfg = _cfg(corpus="array_record", files=path, token_dtype="uint16")
+  with pytest.raises(ValueError, match="document 300 holds ids in \\[1, 300\\]"):
+    prepare.prepare(cfg, str(tmp_path / "out"), shards=2, workers=workers, bar=Quiet())
+  assert os.listdir(tmp_path) == ["in"]
