@@ -8,10 +8,13 @@ import difflib
 import importlib.util
 import json
 import os
+import sys
 
 from absl import flags
 from ml_collections import config_dict
 from ml_collections.config_flags import config_path, tuple_parser
+
+from experiments import logs
 
 
 def load(spec):
@@ -126,6 +129,29 @@ def check_override_values(cfg, argv, flag="config"):
       why = f" ({e})" if field_type is tuple else ""
       raise ValueError(f"{prefix}{key}: {value!r} is not a valid {field_type.__name__}{why} "
                        f"(e.g. {prefix}{key}={_flag_text(example)}).") from None
+
+
+def parse_flags(argv, flag="config"):
+  """An absl `flags_parser` for CLIs with a config_flags `--config`: ml_collections
+  runs the config file once and applies the --config.KEY overrides. A bad override
+  fails there as a traceback naming only the last path part, so it is re-explained
+  (the config re-read, on this path only) in one line naming the closest valid keys
+  or an example value; exit 2, before anything is made."""
+  try:
+    rest = flags.FLAGS(argv)
+    if flags.FLAGS[flag].value is not None:
+      flags.FLAGS[flag].value.keys()  # a file that failed to load raises on first use
+    return rest
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    spec = argv_config_spec(argv, flag)
+    if spec:
+      try:
+        check_override_values(load(spec), argv, flag)
+      except Exception as ours:  # noqa: BLE001 - any failure here is the message
+        message = str(ours)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(logs.EXIT_BAD_INPUT)
 
 
 def argv_config_spec(argv, flag="config"):

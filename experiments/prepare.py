@@ -329,26 +329,6 @@ _SHARDS = flags.DEFINE_integer("shards", 1, "ArrayRecord shards to write.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Tokenizer processes.")
 
 
-def parse_flags(argv):
-  """absl parses the flags; a bad --config.KEY override is re-explained in one line
-  (as experiments.train does), exit 2."""
-  try:
-    rest = flags.FLAGS(argv)
-    if flags.FLAGS["config"].value is not None:
-      flags.FLAGS["config"].value.keys()  # a file that failed to load raises on first use
-    return rest
-  except (flags.Error, AttributeError, KeyError, OSError) as e:
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    spec = config_lib.argv_config_spec(argv)
-    if spec:
-      try:
-        config_lib.check_override_values(config_lib.load(spec), argv)
-      except Exception as ours:  # noqa: BLE001 - any failure here is the message
-        message = str(ours)
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(logs.EXIT_BAD_INPUT)
-
-
 def main(argv):
   del argv
   logs.setup()
@@ -368,4 +348,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=config_lib.parse_flags)

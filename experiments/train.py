@@ -73,28 +73,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the j
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 
-def parse_flags(argv):
-  """absl parses the flags: ml_collections runs the config file once and applies the
-  --config.KEY overrides. A bad override fails there as a traceback naming only the
-  last path part, so it is re-explained (the config re-read, on this path only) in
-  one line naming the closest valid keys or an example value; exit 2, nothing made."""
-  try:
-    rest = flags.FLAGS(argv)
-    if flags.FLAGS["config"].value is not None:
-      flags.FLAGS["config"].value.keys()  # a file that failed to load raises on first use
-    return rest
-  except (flags.Error, AttributeError, KeyError, OSError) as e:
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    spec = config_lib.argv_config_spec(argv)
-    if spec:
-      try:
-        config_lib.check_override_values(config_lib.load(spec), argv)
-      except Exception as ours:  # noqa: BLE001 - any failure here is the message
-        message = str(ours)
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
-
-
 def main(argv):
   del argv
   logs.setup()
@@ -122,4 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=config_lib.parse_flags)
