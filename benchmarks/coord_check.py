@@ -1,10 +1,11 @@
 """Coordinate check: per-group activation RMS at init and after 5 Adam steps.
 
-Width: sp and mup at widths 64..512 (depth 2, mup_base_width 64). Depth: mup at width 64
-with depth_scaling none and completep at depths 2..16 (depth_base 2). Prints one table
-and writes a PNG (one panel per group, RMS after the steps against width or depth).
-Under mup every row stays put across widths, under sp the logits and hidden outputs grow;
-under completep the final residual stream stays put across depths, under none it grows.
+Width: sp, mup and umup at widths 64..512 (depth 2, mup_base_width 64; umup at its own
+global LR, coord_check.LR). Depth: mup at width 64 with depth_scaling none and completep
+at depths 2..16 (depth_base 2). Prints one table and writes a PNG (one panel per group,
+RMS after the steps against width or depth). Under mup and umup every row stays put
+across widths, under sp the logits and hidden outputs grow; under completep the final
+residual stream stays put across depths, under none it grows.
 
   .venv/bin/python benchmarks/coord_check.py --out=coord_check.png
 """
@@ -29,7 +30,7 @@ def _rows():
   """(sweep, setting, size, {"t0": groups, "tN": groups}) for every run."""
   size = {"batch_size": _BATCH.value, "seq_len": _SEQ.value}
   runs = [("width", p, int(w), coord_check.coord_config(int(w), 2, p, **size))
-          for p in ("sp", "mup") for w in _WIDTHS.value]
+          for p in ("sp", "mup", "umup") for w in _WIDTHS.value]
   runs += [("depth", s, int(d), coord_check.coord_config(64, int(d), "mup", s, **size))
            for s in ("none", "completep") for d in _DEPTHS.value]
   rows = []

@@ -1,4 +1,4 @@
-"""Coordinate check (microsoft/mup, CompleteP Fig. 7): the RMS of each layer's activations
+"""Coordinate check (microsoft/mup, CompleteP Fig. 7; sp, mup, umup): the RMS of each layer's activations
 at init and after a few Adam steps, as width or depth grows. Under a parametrization that
 transfers, the numbers stay put; under SP (width) or no depth scaling (depth) they grow.
 
@@ -16,12 +16,16 @@ from experiments.configs import lm
 from models.transformer import Activation
 
 GROUPS = ("embed", "attn_out", "mlp_out", "residual", "logits")
+# The global Adam LR: u-muP's weights are N(0, 1), not O(1 / sqrt(width)), so its global
+# LR is ~25x muP's (the paper's optimum is near 2^1.5, times its per-group rules).
+LR = {"sp": 1e-2, "mup": 1e-2, "umup": 0.25}
 
 
 def coord_config(width, depth=2, parametrization="mup", depth_scaling="none", *,
                  base_width=64, base_depth=2, head_dim=16, seq_len=16, batch_size=4,
-                 lr=1e-2, **overrides):
+                 lr=None, **overrides):
   """A tiny float32 dense model: heads of fixed size, MLP 2x width, constant LR."""
+  lr = LR[parametrization] if lr is None else lr
   return config_lib.override(lm.get_config("tiny"), {
       "seq_len": seq_len, "batch_size": batch_size, "model.width": width,
       "model.depth": depth, "model.heads": width // head_dim,

@@ -41,8 +41,12 @@ def lr_multipliers(params, model_cfg, width_mult=None):
   """Each parameter's Adam LR multiplier: its group's rule (parametrization.classify).
   width_mult is accepted for older callers; the table reads it from model_cfg."""
   del width_mult
-  return _per_param(params, lambda name, shape: parametrization.lr_multiplier(
-      model_cfg, parametrization.classify(name, shape), parametrization.in_block(name)))
+
+  def lr(name, shape):
+    group = parametrization.classify(name, shape)
+    return parametrization.lr_multiplier(model_cfg, group, parametrization.in_block(name),
+                                         parametrization.fan_in(name, shape, group))
+  return _per_param(params, lr)
 
 
 def eps_multipliers(params, model_cfg):
@@ -59,8 +63,13 @@ def make(opt_cfg, steps, params, model_cfg, width_mult=None):
   lr = schedule(opt_cfg, steps)
   adamw = optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
                       weight_decay=opt_cfg.weight_decay, mask=decay_mask)
-  chain = [optax.clip_by_global_norm(opt_cfg.grad_clip)]
-  if parametrization.depth_scaling(model_cfg) != "none":
+  clip = opt_cfg.grad_clip
+  if parametrization.is_unit(model_cfg):
+    # u-muP's gradients are unit-scaled (RMS ~1 per element, not a true gradient's
+    # scale), so grad_clip bounds their global RMS: the norm over sqrt(#elements).
+    clip *= sum(p.size for p in jax.tree.leaves(params)) ** 0.5
+  chain = [optax.clip_by_global_norm(clip)]
+  if parametrization.has_eps_rule(model_cfg):
     # A per-parameter AdamW eps (CompleteP): Adam is invariant to a gradient's scale
     # except through eps, so gradients x 1/c give m / (sqrt(v) + c eps) exactly. After
     # the clip, so the clip still sees the true norm; weight decay is unaffected.

@@ -12,7 +12,7 @@ from kernels.linear_reference import FEATURE_MAPS
 from kernels.sparse import ESTIMATORS
 from models.attention import SPARSE_KINDS, layer_kinds
 from models.layout import PARAMETRIZATIONS
-from models.parametrization import DEPTH_SCALINGS
+from models.parametrization import DEPTH_SCALINGS, check as check_parametrization
 from models.transformer import DTYPES
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -97,6 +97,8 @@ def _check_model(cfg):
   if m.parametrization == "mup":
     _at_least(cfg, 1, "model.mup_base_width")
   _one_of(cfg, "model.depth_scaling", DEPTH_SCALINGS)
+  if m.parametrization == "umup":
+    check_parametrization(m)  # the umup_* keys (> 0) and depth_scaling "none"
   if m.depth_scaling != "none":
     _at_least(cfg, 1, "model.depth_base")
   _one_of(cfg, "model.compute_dtype", tuple(DTYPES))

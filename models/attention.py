@@ -6,6 +6,7 @@ from flax import nnx
 from kernels import kinds
 import parallel
 from models import parametrization
+from models import unit_scaling as U
 from models.layers import apply_rope, param
 from models.layout import head_dim, layer_kinds  # noqa: F401  (layer_kinds: re-export)
 
@@ -52,16 +53,25 @@ class Attention(nnx.Module):
     self.wk_DGK = param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std)
     self.wv_DGK = param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std)
     self.wo_HKD = param(rngs, (H, K, D), ("heads", "head_dim", "embed"), out_std)
+    # u-muP: unit-scaled q/k/v/o matmuls (x 1/sqrt(fan_in)) and softmax output; 1 / off.
+    self.unit = parametrization.is_unit(m)
+    self.in_mult = parametrization.forward_multiplier(m, "hidden", D)
+    self.out_mult = parametrization.forward_multiplier(m, "hidden", H * K)
+    self.softmax_mult = parametrization.umup(m, "attn_softmax_mult")
 
   def __call__(self, x_BLD, cos_LF, sin_LF):
-    dtype = x_BLD.dtype
-    q_BLHK = jnp.einsum("bld,dhk->blhk", x_BLD, self.wq_DHK[...].astype(dtype))
-    k_BLGK = jnp.einsum("bld,dgk->blgk", x_BLD, self.wk_DGK[...].astype(dtype))
-    v_BLGK = jnp.einsum("bld,dgk->blgk", x_BLD, self.wv_DGK[...].astype(dtype))
+    dtype, unit = x_BLD.dtype, self.unit
+    qk = U.qk_grad_scale(self.softmax_mult, self.head_dim)
+    q_BLHK = U.project("bld,dhk->blhk", x_BLD, self.wq_DHK, self.in_mult, unit, qk)
+    k_BLGK = U.project("bld,dgk->blgk", x_BLD, self.wk_DGK, self.in_mult, unit, qk)
+    v_BLGK = U.project("bld,dgk->blgk", x_BLD, self.wv_DGK, self.in_mult, unit)
     q_BLHK = apply_rope(q_BLHK, cos_LF, sin_LF) * jnp.asarray(self.q_scale, dtype)
     k_BLGK = apply_rope(k_BLGK, cos_LF, sin_LF)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
     o_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, kinds.get(self.kind), self.impl,
                     self.params, self.sow)
     o_BLHK = parallel.constrain(o_BLHK, ("batch", "length", "heads", "head_dim"))
-    return jnp.einsum("blhk,hkd->bld", o_BLHK, self.wo_HKD[...].astype(dtype))
+    if unit:  # block kinds too: at init they keep (nearly) every reachable key
+      scale = U.attention_out_scale(self.softmax_mult, self.head_dim, x_BLD.shape[1])
+      o_BLHK = o_BLHK * jnp.asarray(scale, o_BLHK.dtype)
+    return U.project("blhk,hkd->bld", o_BLHK, self.wo_HKD, self.out_mult, unit)

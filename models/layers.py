@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import unit_scaling as U
+
 
 def param(rngs, shape, names, std):
   """A float32 parameter ~ N(0, std^2) (std 0 gives zeros) tagged with logical names."""
@@ -26,14 +28,17 @@ def ones_param(shape, names, scale=1.0):
 
 
 class RMSNorm(nnx.Module):
-  def __init__(self, width, *, eps=1e-6, scale=1.0):
-    """scale: the gain's init (the vector group's, models/parametrization.py)."""
-    self.scale = ones_param((width,), ("norm",), scale)
+  def __init__(self, width, *, eps=1e-6, scale=1.0, unit=False):
+    """scale: the gain's init (the vector group's, models/parametrization.py). unit
+    (u-muP): non-parametric, no gain (as the u-muP paper's models)."""
+    self.scale = None if unit else ones_param((width,), ("norm",), scale)
     self.eps = eps
 
   def __call__(self, x_BLD):
     x = x_BLD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    if self.scale is None:
+      return x.astype(x_BLD.dtype)
     return (x * self.scale[...]).astype(x_BLD.dtype)
 
 
@@ -59,12 +64,25 @@ def apply_rope(x_BLHK, cos_LF, sin_LF):
 
 
 class SwiGLU(nnx.Module):
-  def __init__(self, width, mlp_width, *, rngs, std, out_std):
+  def __init__(self, width, mlp_width, *, rngs, std, out_std, unit=None):
+    """unit (u-muP): (in_mult, out_mult, act_mult, glu_scale) of the unit-scaled MLP."""
     self.w_gate_DF = param(rngs, (width, mlp_width), ("embed", "mlp"), std)
     self.w_up_DF = param(rngs, (width, mlp_width), ("embed", "mlp"), std)
     self.w_down_FD = param(rngs, (mlp_width, width), ("mlp", "embed"), out_std)
+    self.unit = unit
+
+  def _unit(self, x_BLD):
+    """u-muP: unit-scaled matmuls around glu_scale * up * silu(act_mult * gate)."""
+    in_mult, out_mult, act_mult, glu_scale = self.unit
+    gate_BLF = U.project("bld,df->blf", x_BLD, self.w_gate_DF, in_mult, True)
+    up_BLF = U.project("bld,df->blf", x_BLD, self.w_up_DF, in_mult, True)
+    act_BLF = gate_BLF * jax.nn.sigmoid(gate_BLF * jnp.asarray(act_mult, gate_BLF.dtype))
+    h_BLF = up_BLF * act_BLF * jnp.asarray(glu_scale, up_BLF.dtype)
+    return U.project("blf,fd->bld", h_BLF, self.w_down_FD, out_mult, True)
 
   def __call__(self, x_BLD):
+    if self.unit:
+      return self._unit(x_BLD)
     dtype = x_BLD.dtype
     gate_BLF = x_BLD @ self.w_gate_DF[...].astype(dtype)
     up_BLF = x_BLD @ self.w_up_DF[...].astype(dtype)

@@ -14,6 +14,7 @@ from flax import nnx
 
 import parallel
 from models import parametrization
+from models import unit_scaling as U
 from models.layers import param
 from models.layout import head_dim
 
@@ -61,25 +62,42 @@ class LinearAttention(nnx.Module):
       self.conv_q_2HK = _conv_weights(H, K, tap)
       self.conv_k_2GK = _conv_weights(G, K, tap)
       self.conv_v_2GK = _conv_weights(G, K, tap)
+    # u-muP: the same unit-scaled projections as Attention (1 / off) and the output
+    # divided by its modelled RMS at init (unit_scaling.linear_out_scale, per head).
+    self.unit = parametrization.is_unit(m)
+    self.in_mult = parametrization.forward_multiplier(m, "hidden", D)
+    self.out_mult = parametrization.forward_multiplier(m, "hidden", H * K)
+    self.bias_H = tuple(np.asarray(_decay_bias(H)).tolist()) if a.decay else None
+
+  def _out_scale(self, seq_len):
+    return U.linear_out_scale(self.options["feature_map"], self.options["normalize"],
+                              self.bias_H, self.head_dim, seq_len)
 
   def __call__(self, x_BLD, cos_LF=None, sin_LF=None):
     del cos_LF, sin_LF  # position comes from the decay
-    dtype = x_BLD.dtype
-    q_BLHK = jnp.einsum("bld,dhk->blhk", x_BLD, self.wq_DHK[...].astype(dtype))
-    k_BLGK = jnp.einsum("bld,dgk->blgk", x_BLD, self.wk_DGK[...].astype(dtype))
-    v_BLGK = jnp.einsum("bld,dgk->blgk", x_BLD, self.wv_DGK[...].astype(dtype))
+    dtype, unit = x_BLD.dtype, self.unit
+    q_BLHK = U.project("bld,dhk->blhk", x_BLD, self.wq_DHK, self.in_mult, unit)
+    k_BLGK = U.project("bld,dgk->blgk", x_BLD, self.wk_DGK, self.in_mult, unit)
+    v_BLGK = U.project("bld,dgk->blgk", x_BLD, self.wv_DGK, self.in_mult, unit)
     if self.conv:
-      q_BLHK = causal_conv2(q_BLHK, self.conv_q_2HK[...].astype(dtype))
-      k_BLGK = causal_conv2(k_BLGK, self.conv_k_2GK[...].astype(dtype))
-      v_BLGK = causal_conv2(v_BLGK, self.conv_v_2GK[...].astype(dtype))
+      # u-muP: a unit-scaled conv's weight gradient is divided by sqrt(tokens).
+      taps = (lambda p: U.scaled(p[...], 1.0, U.tokens(x_BLD) ** -0.5)) if unit else (
+          lambda p: p[...])
+      q_BLHK = causal_conv2(q_BLHK, taps(self.conv_q_2HK).astype(dtype))
+      k_BLGK = causal_conv2(k_BLGK, taps(self.conv_k_2GK).astype(dtype))
+      v_BLGK = causal_conv2(v_BLGK, taps(self.conv_v_2GK).astype(dtype))
     q_BLHK = q_BLHK * jnp.asarray(self.head_dim ** -0.5, dtype)
     log_decay_BLH = None
     if self.decay:
-      pre_BLH = x_BLD.astype(jnp.float32) @ self.wa_DH[...] + self.decay_bias_H[...]
+      pre_BLH = U.project("bld,dh->blh", x_BLD.astype(jnp.float32), self.wa_DH,
+                          self.in_mult, unit) + self.decay_bias_H[...]
       log_decay_BLH = -jax.nn.softplus(pre_BLH)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
     # Under a mesh the kernel runs in shard_map (log_decay [B, L, H] split like q).
     o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind, impl=self.impl,
                                 causal=True, log_decay=log_decay_BLH, **self.options)
     o_BLHK = parallel.constrain(o_BLHK.astype(dtype), ("batch", "length", "heads", "head_dim"))
-    return jnp.einsum("blhk,hkd->bld", o_BLHK, self.wo_HKD[...].astype(dtype))
+    if unit:
+      scale_H = jnp.asarray(self._out_scale(x_BLD.shape[1]), dtype)
+      o_BLHK = o_BLHK * scale_H[:, None]
+    return U.project("blhk,hkd->bld", o_BLHK, self.wo_HKD, self.out_mult, unit)

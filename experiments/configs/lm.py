@@ -59,10 +59,17 @@ def _model():
   c.mlp_width = 192
   c.vocab_size = 256            # byte-level tokenizer
   c.tie_embeddings = False
-  c.parametrization = "sp"      # sp | mup
+  c.parametrization = "sp"      # sp | mup | umup (u-muP: unit init, ops and gradients)
   c.mup_base_width = 64         # muP: width of the tuned proxy model
-  c.depth_scaling = "none"      # none | completep (residual branches x depth_base / depth)
+  c.depth_scaling = "none"      # none | completep (residual branches x depth_base / depth);
+                                # umup has its own depth rule (keep none)
   c.depth_base = 2              # completep: depth of the tuned proxy model
+  # u-muP's hyperparameters (Blake et al. 2024, Sec. 4.5; all > 0, the paper's defaults 1):
+  c.umup_residual_mult = 1.0        # all residual branches' variance / the embedding's
+  c.umup_residual_attn_ratio = 1.0  # attention branches' contribution / the MLP's
+  c.umup_attn_softmax_mult = 1.0    # attention logits q.k / K x this
+  c.umup_ffn_act_mult = 1.0         # SwiGLU: up * silu(this x gate)
+  c.umup_loss_softmax_mult = 1.0    # logits (into the loss's softmax) x this
   c.init_std = 0.02
   c.norm_eps = 1e-6
   c.rope_theta = 10000.0

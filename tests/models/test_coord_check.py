@@ -1,6 +1,7 @@
-"""Coordinate checks (experiments/coord_check.py), issue 13's must-hold 1 for width and
-CompleteP's depth check (Dey et al. 2025, Fig. 7: the final residual stream after a few
-steps is flat in depth with alpha = 1 and grows without depth scaling)."""
+"""Coordinate checks (experiments/coord_check.py), issue 13's must-hold 1 for width (mup
+and umup flat, sp's logits growing) and CompleteP's depth check (Dey et al. 2025, Fig. 7:
+the final residual stream after a few steps is flat in depth with alpha = 1 and grows
+without depth scaling)."""
 import functools
 
 import pytest
@@ -23,12 +24,13 @@ def _ratios(small, large):
   return {layer: large[layer] / small[layer] for layer in small}
 
 
-def test_width_mup_is_flat_sp_logits_grow():
-  mup = _ratios(_after(64, 2, "mup"), _after(512, 2, "mup"))
+@pytest.mark.parametrize("parametrization", ["mup", "umup"])
+def test_width_mup_umup_are_flat_sp_logits_grow(parametrization):
+  flat = _ratios(_after(64, 2, parametrization), _after(512, 2, parametrization))
   sp = _ratios(_after(64, 2, "sp"), _after(512, 2, "sp"))
-  assert set(mup) >= {"embed", "blocks.0.attn_out", "blocks.1.mlp_out", "residual", "logits"}
-  for layer, ratio in mup.items():
-    assert 0.5 <= ratio <= 2.0, (layer, mup)
+  assert set(flat) >= {"embed", "blocks.0.attn_out", "blocks.1.mlp_out", "residual", "logits"}
+  for layer, ratio in flat.items():
+    assert 0.5 <= ratio <= 2.0, (layer, flat)
   assert sp["logits"] > 2.0, sp
 
 
@@ -50,9 +52,11 @@ def test_depth_completep_is_flat_none_grows():
   assert not _flat_in_depth(none), none  # so the CompleteP assertion can fail
 
 
-@pytest.mark.parametrize("parametrization", ["sp", "mup"])
+@pytest.mark.parametrize("parametrization", ["sp", "mup", "umup"])
 def test_measure_reports_every_group_at_init(parametrization):
   out = coord_check.measure(coord_check.coord_config(64, 2, parametrization, seq_len=8),
                             steps=1)
   assert set(coord_check.group_rms(out["t0"])) == set(coord_check.GROUPS)
-  assert out["t0"]["embed"] == pytest.approx(0.02, rel=0.2)  # init_std at every width
+  # init_std at every width; u-muP's unit init
+  expected = 1.0 if parametrization == "umup" else 0.02
+  assert out["t0"]["embed"] == pytest.approx(expected, rel=0.2)
