@@ -39,29 +39,6 @@ class _Quiet:
     pass
 
 
-def _train_hf(texts, path, vocab):
-  import tokenizers as tk
-  tok = tk.Tokenizer(tk.models.BPE())
-  tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = tk.decoders.ByteLevel()
-  trainer = tk.trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
-                                   initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
-                                   show_progress=False)
-  tok.train_from_iterator(texts, trainer)
-  tok.save(path)
-  return path
-
-
-def _train_sentencepiece(texts, prefix, vocab):
-  import sentencepiece
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(line for t in texts for line in t.splitlines() if line.strip()),
-      model_prefix=prefix, vocab_size=vocab, model_type="bpe", byte_fallback=True,
-      normalization_rule_name="identity", add_dummy_prefix=False,
-      remove_extra_whitespaces=False, split_by_whitespace=False, minloglevel=2)
-  return prefix + ".model"
-
-
 def _text_cfg(tokenizer, max_bytes, vocab=256):
   return config_lib.override(lm.get_config("small"), {
       "data.tokenizer": tokenizer, "data.max_bytes": max_bytes,
@@ -79,8 +56,8 @@ def tokenizer_table(tmp):
   nbytes = sum(map(len, docs))
   train_texts = [d.decode("utf-8", errors="replace") for d in docs[:len(docs) // 4]]
   specs = {"byte": "byte",
-           f"hf-bpe-{_VOCAB.value}": _train_hf(train_texts, f"{tmp}/tok.json", _VOCAB.value),
-           f"sp-bpe-{_VOCAB.value}": _train_sentencepiece(train_texts, f"{tmp}/sp",
+           f"hf-bpe-{_VOCAB.value}": tokenizers.train_hf_bpe(train_texts, f"{tmp}/tok.json", _VOCAB.value),
+           f"sp-bpe-{_VOCAB.value}": tokenizers.train_sentencepiece_bpe(train_texts, f"{tmp}/sp",
                                                           _VOCAB.value)}
   print(f"pystdlib text: {len(docs):,} documents, {nbytes / 1e6:.1f} MB; "
         f"{os.cpu_count()} CPUs; prepare writes {_SHARDS} shards")

@@ -84,3 +84,30 @@ def load(spec):
     return loaders[ext](path)
   except Exception as e:  # noqa: BLE001 - a corrupt file: say which and why
     raise ValueError(f"data.tokenizer={spec!r} does not load: {type(e).__name__}: {e}") from None
+
+
+def train_hf_bpe(texts, path, vocab_size):
+  """Trains a byte-level BPE (HF tokenizers) on texts (str), saves it to path (*.json),
+  returns path: lossless on any text, with <|endoftext|> as its eos."""
+  import tokenizers
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(texts, trainer)
+  tok.save(str(path))
+  return str(path)
+
+
+def train_sentencepiece_bpe(texts, prefix, vocab_size):
+  """Trains a SentencePiece BPE on texts (str) into prefix.model, returns its path.
+  Identity normalisation, no dummy prefix and byte fallback make it lossless on code."""
+  import sentencepiece
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(line for t in texts for line in t.splitlines() if line.strip()),
+      model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
+      normalization_rule_name="identity", add_dummy_prefix=False,
+      remove_extra_whitespaces=False, split_by_whitespace=False, minloglevel=2)
+  return f"{prefix}.model"

@@ -33,25 +33,13 @@ class Quiet:
     pass
 
 
-def _train_hf(path, vocab_size=400):
-  import tokenizers as tk
-  tok = tk.Tokenizer(tk.models.BPE())
-  tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = tk.decoders.ByteLevel()
-  trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                   initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator([t.decode("utf-8") for t in TEXTS], trainer)
-  tok.save(str(path))
-  return str(path)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("prepare_corpus")
   with open(root / "docs.jsonl", "w") as f:
     for t in TEXTS:
       f.write(json.dumps({"text": t.decode("utf-8")}) + "\n")
-  return {"jsonl": str(root / "docs.jsonl"), "hf": _train_hf(root / "tok.json")}
+  return {"jsonl": str(root / "docs.jsonl"), "hf": tokenizers.train_hf_bpe([t.decode("utf-8") for t in TEXTS], root / "tok.json", 400)}
 
 
 def _cfg(tokenizer="byte", **data_overrides):

@@ -110,33 +110,11 @@ def test_source_errors_name_the_key(corpus_dir, tmp_path):
       data.build(cfg)
 
 
-def _train_sentencepiece(path, vocab_size):
-  import sentencepiece
-  text = [t.decode("utf-8") for t in TEXTS]
-  sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(line for t in text for line in t.splitlines() if line.strip()),
-      model_prefix=str(path), vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
-      normalization_rule_name="identity", add_dummy_prefix=False,
-      remove_extra_whitespaces=False, split_by_whitespace=False, minloglevel=2)
-  return f"{path}.model"
-
-
-def _train_hf(path, vocab_size):
-  import tokenizers as tk
-  tok = tk.Tokenizer(tk.models.BPE())
-  tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = tk.decoders.ByteLevel()
-  trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                   initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator([t.decode("utf-8") for t in TEXTS], trainer)
-  tok.save(str(path))
-  return str(path)
-
-
 @pytest.mark.parametrize("kind", ["sentencepiece", "hf"])
 def test_trained_tokenizer_round_trips_and_trains(kind, corpus_dir, tmp_path):
-  path = (_train_sentencepiece(tmp_path / "sp", 400) if kind == "sentencepiece"
-          else _train_hf(tmp_path / "tok.json", 400))
+  texts = [t.decode("utf-8") for t in TEXTS]
+  path = (tokenizers.train_sentencepiece_bpe(texts, tmp_path / "sp", 400)
+          if kind == "sentencepiece" else tokenizers.train_hf_bpe(texts, tmp_path / "tok.json", 400))
   tok = tokenizers.load(path)
   assert 300 <= tok.vocab_size <= 400
   sample = "def f(x):\n\treturn {'a': x ** 2}  # ünïcode\n"
