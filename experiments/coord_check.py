@@ -1,6 +1,7 @@
-"""Coordinate check (microsoft/mup, CompleteP Fig. 7; sp, mup, umup): the RMS of each layer's activations
+"""Coordinate check (microsoft/mup, CompleteP Fig. 7): the RMS of each layer's activations
 at init and after a few Adam steps, as width or depth grows. Under a parametrization that
-transfers, the numbers stay put; under SP (width) or no depth scaling (depth) they grow.
+transfers (mup, umup; completep in depth), the numbers stay put; under SP (width) or no
+depth scaling (depth) they grow.
 
 Used by benchmarks/coord_check.py (table and PNG) and tests/models/test_coord_check.py.
 """

@@ -19,11 +19,15 @@ from models.layers import param
 from models.layout import head_dim
 
 
-def _decay_bias(num_heads):
+def _decay_bias_np(num_heads):
   """softplus^-1 of per-head decay rates log-spaced in [1e-3, 1e-1]: memory spans
   of ~10 to ~1000 tokens at initialisation (Mamba's dt initialisation)."""
   rate_H = np.exp(np.linspace(np.log(1e-3), np.log(1e-1), num_heads))
-  return jnp.asarray(rate_H + np.log(-np.expm1(-rate_H)), jnp.float32)
+  return rate_H + np.log(-np.expm1(-rate_H))
+
+
+def _decay_bias(num_heads):
+  return jnp.asarray(_decay_bias_np(num_heads), jnp.float32)
 
 
 def causal_conv2(x_BLCK, w_2CK):
@@ -67,7 +71,8 @@ class LinearAttention(nnx.Module):
     self.unit = parametrization.is_unit(m)
     self.in_mult = parametrization.forward_multiplier(m, "hidden", D)
     self.out_mult = parametrization.forward_multiplier(m, "hidden", H * K)
-    self.bias_H = tuple(np.asarray(_decay_bias(H)).tolist()) if a.decay else None
+    # The bias from numpy: the init may run under jit.
+    self.bias_H = tuple(_decay_bias_np(H).tolist()) if a.decay and self.unit else None
 
   def _out_scale(self, seq_len):
     return U.linear_out_scale(self.options["feature_map"], self.options["normalize"],
