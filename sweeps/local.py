@@ -14,6 +14,7 @@ import time
 from sweeps import plan as plan_lib
 from sweeps import rundir
 
+COMPILE_CACHE = ".jax_cache"  # in the store; not a run directory (no run markers)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -34,6 +35,17 @@ def thread_env(threads, base=None):
   return env
 
 
+def cache_env(env, run_dir):
+  """JAX's persistent compilation cache, shared by the store's runs (unless the caller set
+  one): runs of one shape differ only in constants such as the LR, so init and eval
+  programs compile once per shape, not once per run. A cached executable is the one XLA
+  would build, so results do not change."""
+  env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                 os.path.join(os.path.dirname(os.path.abspath(run_dir)), COMPILE_CACHE))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  return env
+
+
 class _Slot:
   def __init__(self, run, proc, logs, index):
     self.run, self.proc, self.logs, self.index = run, proc, logs, index
@@ -48,7 +60,8 @@ def _start(sweep, run, run_dir, cpus, index, pin):
     log.write(header)
     log.flush()
   preexec = (lambda: os.sched_setaffinity(0, cpus)) if pin else None
-  proc = subprocess.Popen(command, cwd=plan_lib.REPO, env=thread_env(len(cpus)),
+  env = cache_env(thread_env(len(cpus)), run_dir)
+  proc = subprocess.Popen(command, cwd=plan_lib.REPO, env=env,
                           stdout=logs[0], stderr=logs[1], preexec_fn=preexec)
   rundir.write_launch(run_dir, launcher="local", pid=proc.pid, command=command, cpus=cpus)
   return _Slot(run, proc, logs, index)
