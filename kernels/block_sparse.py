@@ -8,13 +8,19 @@ dense flash attention (kernels.flash) is the same kernel over all tiles.
 
 Mask broadcasting: `block_mask.mask_BHQK` may have batch B or 1 and heads H
 (query heads) or 1.
+
+Document masking: `segment_ids_BL` (int32 [B, L]) lets query i see key j only
+when their ids are equal. The block mask is intersected with the blocks that
+may share a segment (cross-document tiles are skipped, never loaded), and the
+kernels mask every computed tile elementwise, so ids need not be sorted.
 """
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from kernels import flash_lists, sparse_flash_gpu, sparse_flash_tpu
+from kernels import block_mask_lib, flash_lists, sparse_flash_gpu, sparse_flash_tpu
 from kernels.block_mask_lib import BlockMask
 from kernels.platform import resolve_platform
 
@@ -57,25 +63,47 @@ def check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform, interpret):
                      "kernel; pad head_dim.")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, platform, interpret):
+def check_segment_ids(segment_ids_BL, q_BLHK):
+  """Raises ValueError unless segment ids are an integer [B, L] array."""
+  if segment_ids_BL is None:
+    return
+  if (segment_ids_BL.shape != q_BLHK.shape[:2]
+      or not jnp.issubdtype(segment_ids_BL.dtype, jnp.integer)):
+    raise ValueError(f"segment_ids_BL must be an integer array of shape {q_BLHK.shape[:2]} "
+                     f"([batch, seq_len] of q); got {segment_ids_BL.dtype} "
+                     f"{segment_ids_BL.shape}.")
+
+
+# Segment ids (an int array or None) are a non-differentiable input like the lists.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret):
   o_BLHK, _ = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, lists,
+                                          **_segment_kwargs(segment_ids_BL),
                                           interpret=interpret)
   return o_BLHK
 
 
-def _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, platform, interpret):
+def _segment_kwargs(segment_ids_BL):
+  # Without ids the backends are called exactly as before (kernels unchanged).
+  return {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
+
+
+def _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
+                      interpret):
   o_BLHK, lse = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, lists,
+                                            **_segment_kwargs(segment_ids_BL),
                                             interpret=interpret)
-  return o_BLHK, (q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists)
+  return o_BLHK, (q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL)
 
 
 def _sparse_flash_bwd(platform, interpret, residuals, do_BLHK):
-  q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists = residuals
+  q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL = residuals
   dq, dk, dv = _BACKENDS[platform].backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse,
-                                            do_BLHK, lists, interpret=interpret)
-  no_grad = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0), lists)
-  return dq, dk, dv, no_grad
+                                            do_BLHK, lists, interpret=interpret,
+                                            **_segment_kwargs(segment_ids_BL))
+  no_grad = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0),
+                         (lists, segment_ids_BL))
+  return dq, dk, dv, *no_grad
 
 
 _sparse_flash.defvjp(_sparse_flash_fwd, _sparse_flash_bwd)
@@ -85,8 +113,14 @@ _sparse_flash.defvjp(_sparse_flash_fwd, _sparse_flash_bwd)
 _TPU_LIST_BYTES = 512 * 1024
 
 
-def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret):
-  """Differentiable block-sparse flash attention over prepared SparseLists."""
+def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
+              segment_ids_BL=None):
+  """Differentiable block-sparse flash attention over prepared SparseLists.
+
+  segment_ids_BL (int [B, L] or None): mask every computed tile by segment id.
+  The lists should already skip the cross-segment tiles (kernels.flash and
+  block_sparse_attention build them so); correctness does not depend on it.
+  """
   rows = lists.mask_batch * lists.mask_heads
   list_bytes = 4 * rows * (lists.num_q_blocks + 1) * (lists.num_k_blocks + 1)
   if platform == "tpu" and not interpret and list_bytes > _TPU_LIST_BYTES:
@@ -94,15 +128,22 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret):
         f"the block lists need {list_bytes} bytes of TPU scalar memory (limit "
         f"{_TPU_LIST_BYTES}); use larger blocks, or shard batch/heads (shard_map) "
         "so each device holds fewer mask rows.")
-  return _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, platform, interpret)
+  check_segment_ids(segment_ids_BL, q_BLHK)
+  if segment_ids_BL is not None:
+    segment_ids_BL = jax.lax.stop_gradient(segment_ids_BL).astype(jnp.int32)
+  return _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
+                       interpret)
 
 
 def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
-                           causal=True, interpret=None, platform=None):
+                           causal=True, segment_ids_BL=None, interpret=None,
+                           platform=None):
   """Attention restricted to the tiles block_mask keeps (and causal); o_BLHK.
 
   Query rows that see no key (an empty mask row) return zeros. Block sizes come
   from block_mask.block_q / block_k; mask_BHQK is [B or 1, H or 1, L/bq, L/bk].
+  segment_ids_BL (int [B, L]): also require equal ids (document masking); the
+  block mask is ANDed with block_mask_lib.segment_block_mask (idempotent).
   platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
   """
   platform, interpret = resolve_platform(platform, interpret)
@@ -117,6 +158,20 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
         f"block mask shape {mask_shape} does not match q {q_BLHK.shape} with blocks "
         f"({bq}, {bk}); expected [{batch} or 1, {num_heads} or 1, {seq_len // bq}, "
         f"{seq_len // bk}] (heads are query heads).")
-  lists = flash_lists.from_block_mask(block_mask, causal=causal)
+  check_segment_ids(segment_ids_BL, q_BLHK)
+  if segment_ids_BL is not None:
+    block_mask = segmented_block_mask(block_mask.mask_BHQK, segment_ids_BL, bq, bk,
+                                      causal=causal)
+  lists = flash_lists.from_block_mask(block_mask, causal=causal,
+                                      segmented=segment_ids_BL is not None)
   return run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
-                   interpret=interpret)
+                   interpret=interpret, segment_ids_BL=segment_ids_BL)
+
+
+def segmented_block_mask(mask_BHQK, segment_ids_BL, block_q, block_k, *, causal):
+  """BlockMask of mask_BHQK (None: every tile) AND the blocks that may share a
+  segment, AND causal reachability: its lists skip cross-document tiles."""
+  same_B1QK = block_mask_lib.segment_block_mask(segment_ids_BL, block_q, block_k)
+  mask_BHQK = same_B1QK if mask_BHQK is None else mask_BHQK & same_B1QK
+  return block_mask_lib.from_mask(mask_BHQK, block_q=block_q, block_k=block_k,
+                                  causal=causal)

@@ -58,11 +58,18 @@ def full_tiles(num_q_blocks, num_k_blocks, block_q, block_k, causal, xp=jnp):
   return last_key_K[None, :] <= first_query_Q[:, None]
 
 
-def from_block_mask(block_mask: BlockMask, *, causal):
-  """Kernel lists for a BlockMask (lists from it, split counts derived here)."""
+def from_block_mask(block_mask: BlockMask, *, causal, segmented=False):
+  """Kernel lists for a BlockMask (lists from it, split counts derived here).
+
+  segmented: the kernels also mask by segment id, so no tile is known to be
+  full (a causally full tile may still cross a document boundary): every
+  active tile goes to the masked path (kv_full = 0, q_partial = q_count).
+  """
   mask_BHQK = block_mask.mask_BHQK
   mask_batch, mask_heads, num_q, num_k = mask_BHQK.shape
   full_QK = full_tiles(num_q, num_k, block_mask.block_q, block_mask.block_k, causal)
+  if segmented:
+    full_QK = jnp.zeros_like(full_QK)
   kv_full = jnp.sum(mask_BHQK & full_QK, axis=-1, dtype=jnp.int32)
   q_partial = jnp.sum(mask_BHQK & ~full_QK, axis=-2, dtype=jnp.int32)
   as_flat = lambda x: jax.lax.stop_gradient(x).astype(jnp.int32).reshape(-1)

@@ -44,6 +44,13 @@ def causal_allowed(q_block, k_block, block_q, block_k, keys_major=False):
   return q_pos >= k_pos
 
 
+def and_masks(a, b):
+  """Elementwise AND of optional bool tiles (None: every pair visible)."""
+  if a is None:
+    return b
+  return a if b is None else jnp.logical_and(a, b)
+
+
 def is_full_tile(q_block, k_block, block_q, block_k):
   """Causal tile with every key visible to every query (no elementwise mask)."""
   return (k_block + 1) * block_k - 1 <= q_block * block_q

@@ -8,6 +8,11 @@ one with it. The dk/dv program of a key block loops over the query heads of
 its kv head and each head's own list of active query blocks.
 
 Tensors keep the [B, L, H, K] layout; Triton handles the strided tiles.
+
+Segment ids (document masking) come in as [B, L] int32 blocks: the program's
+own block and the whole row, sliced like k/v. With them every active tile is
+masked (a causally full tile may still cross a document start), so the
+full/partial split of the lists is not used.
 """
 import functools
 import math
@@ -25,26 +30,64 @@ def _compiler_params(head_dim):
   return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
 
 
+def _split_segments(refs, segmented):
+  """(segment id refs or None, other refs): segment ids lead the inputs."""
+  return (refs[:2], refs[2:]) if segmented else (None, refs)
+
+
+def _same_segment(seg_refs, block):
+  """fn(other_block) -> bool [own, other] tile of same-segment pairs, or None.
+
+  seg_refs: None, or this program's block of ids and the whole row of ids.
+  """
+  if seg_refs is None:
+    return None
+  seg_own_ref, seg_all_ref = seg_refs
+  seg_own = seg_own_ref[...]
+
+  def same(other_block):
+    seg_other = seg_all_ref[pl.ds(other_block * block, block)]
+    return seg_own[:, None] == seg_other[None, :]
+  return same
+
+
+def _tile_mask(q_block, k_block, lists, same_segment, other_block, keys_major=False):
+  """Elementwise mask of a masked-path tile: causal and/or same segment."""
+  causal = None
+  if lists.causal or same_segment is None:
+    causal = tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k,
+                                  keys_major)
+  if same_segment is None:
+    return causal
+  return tiles.and_masks(causal, same_segment(other_block))
+
+
 def _kv_loop(q_block, row, kv_index_ref, kv_count_ref, kv_full_ref, lists, tile_fn,
-             carry):
-  """Runs carry = tile_fn(k_block, allowed, carry) over the active key blocks."""
+             carry, same_segment=None):
+  """Runs carry = tile_fn(k_block, allowed, carry) over the active key blocks.
+
+  same_segment (see _same_segment): every tile takes the masked loop.
+  """
   base = row * lists.num_k_blocks
-  full_count, count = kv_full_ref[row], kv_count_ref[row]
 
   def body(masked):
     def run(n, c):
       k_block = kv_index_ref[base + n]
-      allowed = (tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k)
+      allowed = (_tile_mask(q_block, k_block, lists, same_segment, k_block)
                  if masked else None)
       return tile_fn(k_block, allowed, c)
     return run
 
+  if same_segment is not None:
+    return lax.fori_loop(0, kv_count_ref[row], body(True), carry)
+  full_count, count = kv_full_ref[row], kv_count_ref[row]
   carry = lax.fori_loop(0, full_count, body(False), carry)
   return lax.fori_loop(full_count, count, body(True), carry)
 
 
-def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, q_ref, k_ref, v_ref,
-                o_ref, lse_ref, *, lists, scale):
+def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale,
+                segmented):
+  seg_refs, (q_ref, k_ref, v_ref, o_ref, lse_ref) = _split_segments(refs, segmented)
   b, h, i = (pl.program_id(axis) for axis in range(3))
   bq, bk = lists.block_q, lists.block_k
   q = q_ref[...]
@@ -58,7 +101,8 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, q_ref, k_ref, v_ref,
            jnp.zeros((bq, 1), jnp.float32),
            jnp.zeros((bq, q.shape[-1]), jnp.float32))
   carry = _kv_loop(i, lists.kv_row(b, h, i), kv_index_ref, kv_count_ref,
-                   kv_full_ref, lists, tile, carry)
+                   kv_full_ref, lists, tile, carry,
+                   _same_segment(seg_refs, bk))
   o, lse = tiles.finalize(*carry)
   o_ref[...] = o.astype(o_ref.dtype)
   lse_ref[...] = lse[:, 0]
@@ -74,28 +118,42 @@ def _row_specs(lists, num_groups, seq_len, head_dim):
   return q_spec, kv_spec, stat_spec
 
 
-def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret):
+def _segment_inputs(segment_ids_BL, own_block, own_map):
+  """(specs, arrays) for the segment ids: own block of ids, then the whole row."""
+  if segment_ids_BL is None:
+    return [], []
+  seq_len = segment_ids_BL.shape[1]
+  specs = [pl.BlockSpec((None, own_block), own_map),
+           pl.BlockSpec((None, seq_len), lambda b, *_: (b, 0))]
+  return specs, [segment_ids_BL, segment_ids_BL]
+
+
+def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None):
   """Returns o_BLHK and the residual lse [B, H, L] (float32)."""
   batch, seq_len, num_heads, head_dim = q_BLHK.shape
   num_groups = num_heads // k_BLGK.shape[2]
   q_spec, kv_spec, stat_spec = _row_specs(lists, num_groups, seq_len, head_dim)
+  seg_specs, seg_args = _segment_inputs(segment_ids_BL, lists.block_q,
+                                        lambda b, h, i: (b, i))
   whole = pl.no_block_spec
-  kernel = functools.partial(_fwd_kernel, lists=lists, scale=1.0 / math.sqrt(head_dim))
+  kernel = functools.partial(_fwd_kernel, lists=lists, scale=1.0 / math.sqrt(head_dim),
+                             segmented=segment_ids_BL is not None)
   return pl.pallas_call(
       kernel,
       out_shape=[jax.ShapeDtypeStruct(q_BLHK.shape, q_BLHK.dtype),
                  jax.ShapeDtypeStruct((batch, num_heads, seq_len), jnp.float32)],
       grid=(batch, num_heads, lists.num_q_blocks),
-      in_specs=[whole, whole, whole, q_spec, kv_spec, kv_spec],
+      in_specs=[whole, whole, whole, *seg_specs, q_spec, kv_spec, kv_spec],
       out_specs=[q_spec, stat_spec],
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
       name="block_sparse_flash_fwd",
-  )(lists.kv_index, lists.kv_count, lists.kv_full, q_BLHK, k_BLGK, v_BLGK)
+  )(lists.kv_index, lists.kv_count, lists.kv_full, *seg_args, q_BLHK, k_BLGK, v_BLGK)
 
 
-def _dq_kernel(kv_index_ref, kv_count_ref, kv_full_ref, q_ref, k_ref, v_ref, do_ref,
-               lse_ref, delta_ref, dq_ref, *, lists, scale):
+def _dq_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale, segmented):
+  seg_refs, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref) = _split_segments(
+      refs, segmented)
   b, h, i = (pl.program_id(axis) for axis in range(3))
   bk = lists.block_k
   q, do = q_ref[...], do_ref[...]
@@ -107,15 +165,19 @@ def _dq_kernel(kv_index_ref, kv_count_ref, kv_full_ref, q_ref, k_ref, v_ref, do_
                          scale, allowed)
 
   dq = _kv_loop(i, lists.kv_row(b, h, i), kv_index_ref, kv_count_ref, kv_full_ref,
-                lists, tile, jnp.zeros(q.shape, jnp.float32))
+                lists, tile, jnp.zeros(q.shape, jnp.float32),
+                _same_segment(seg_refs, bk))
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, q_ref, do_ref, lse_ref,
-                delta_ref, k_ref, v_ref, dk_ref, dv_ref, *, lists, scale, num_groups):
+def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
+                num_groups, segmented):
+  seg_refs, (q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref,
+             dv_ref) = _split_segments(refs, segmented)
   b, g, j = (pl.program_id(axis) for axis in range(3))
   bq = lists.block_q
   k, v = k_ref[...], v_ref[...]
+  same_segment = _same_segment(seg_refs, bq)  # [bk, bq] tiles
 
   def over_heads(r, carry):
     row = lists.q_row(b, g * num_groups + r, j)
@@ -125,14 +187,16 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, q_ref, do_ref, lse_ref,
       def run(n, c):
         q_block = q_index_ref[base + n]
         queries = pl.ds(q_block * bq, bq)
-        allowed_T = (tiles.causal_allowed(q_block, j, bq, lists.block_k, keys_major=True)
-                     if masked else None)
+        allowed_T = (_tile_mask(q_block, j, lists, same_segment, q_block,
+                                keys_major=True) if masked else None)
         return tiles.dkv_step(
             q_ref[queries, r, :], k, v, do_ref[queries, r, :],
             lse_ref[r, queries][None, :], delta_ref[r, queries][None, :],
             *c, scale, allowed_T)
       return run
 
+    if same_segment is not None:
+      return lax.fori_loop(0, q_count_ref[row], body(True), carry)
     # Partial (masked) tiles are the lowest query blocks: a leading run.
     partial_count, count = q_partial_ref[row], q_count_ref[row]
     carry = lax.fori_loop(0, partial_count, body(True), carry)
@@ -144,7 +208,8 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, q_ref, do_ref, lse_ref,
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpret):
+def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpret,
+             segment_ids_BL=None):
   """Returns dq_BLHK, dk_BLGK, dv_BLGK."""
   batch, seq_len, num_heads, head_dim = q_BLHK.shape
   num_kv_heads = k_BLGK.shape[2]
@@ -152,37 +217,42 @@ def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpr
   scale = 1.0 / math.sqrt(head_dim)
   delta_BHL = tiles.block_delta(do_BLHK, o_BLHK)
   whole = pl.no_block_spec
+  segmented = segment_ids_BL is not None
 
   q_spec, kv_spec, stat_spec = _row_specs(lists, num_groups, seq_len, head_dim)
+  seg_specs, seg_args = _segment_inputs(segment_ids_BL, lists.block_q,
+                                        lambda b, h, i: (b, i))
   dq_BLHK = pl.pallas_call(
-      functools.partial(_dq_kernel, lists=lists, scale=scale),
+      functools.partial(_dq_kernel, lists=lists, scale=scale, segmented=segmented),
       out_shape=jax.ShapeDtypeStruct(q_BLHK.shape, q_BLHK.dtype),
       grid=(batch, num_heads, lists.num_q_blocks),
-      in_specs=[whole, whole, whole, q_spec, kv_spec, kv_spec, q_spec, stat_spec,
-                stat_spec],
+      in_specs=[whole, whole, whole, *seg_specs, q_spec, kv_spec, kv_spec, q_spec,
+                stat_spec, stat_spec],
       out_specs=q_spec,
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
       name="block_sparse_flash_dq",
-  )(lists.kv_index, lists.kv_count, lists.kv_full, q_BLHK, k_BLGK, v_BLGK, do_BLHK,
-    lse_BHL, delta_BHL)
+  )(lists.kv_index, lists.kv_count, lists.kv_full, *seg_args, q_BLHK, k_BLGK, v_BLGK,
+    do_BLHK, lse_BHL, delta_BHL)
 
   bk = lists.block_k
   group_spec = pl.BlockSpec((None, seq_len, num_groups, head_dim),
                             lambda b, g, j: (b, 0, g, 0))
   group_stat_spec = pl.BlockSpec((None, num_groups, seq_len), lambda b, g, j: (b, g, 0))
   kv_spec = pl.BlockSpec((None, bk, None, head_dim), lambda b, g, j: (b, j, g, 0))
+  seg_specs, seg_args = _segment_inputs(segment_ids_BL, bk, lambda b, g, j: (b, j))
   dk_BLGK, dv_BLGK = pl.pallas_call(
-      functools.partial(_dkv_kernel, lists=lists, scale=scale, num_groups=num_groups),
+      functools.partial(_dkv_kernel, lists=lists, scale=scale, num_groups=num_groups,
+                        segmented=segmented),
       out_shape=[jax.ShapeDtypeStruct(k_BLGK.shape, k_BLGK.dtype),
                  jax.ShapeDtypeStruct(v_BLGK.shape, v_BLGK.dtype)],
       grid=(batch, num_kv_heads, lists.num_k_blocks),
-      in_specs=[whole, whole, whole, group_spec, group_spec, group_stat_spec,
-                group_stat_spec, kv_spec, kv_spec],
+      in_specs=[whole, whole, whole, *seg_specs, group_spec, group_spec,
+                group_stat_spec, group_stat_spec, kv_spec, kv_spec],
       out_specs=[kv_spec, kv_spec],
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
       name="block_sparse_flash_dkv",
-  )(lists.q_index, lists.q_count, lists.q_partial, q_BLHK, do_BLHK, lse_BHL,
-    delta_BHL, k_BLGK, v_BLGK)
+  )(lists.q_index, lists.q_count, lists.q_partial, *seg_args, q_BLHK, do_BLHK,
+    lse_BHL, delta_BHL, k_BLGK, v_BLGK)
   return dq_BLHK, dk_BLGK, dv_BLGK

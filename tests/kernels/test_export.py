@@ -59,3 +59,28 @@ def test_tpu_lists_too_large_for_scalar_memory_are_rejected():
   with pytest.raises(ValueError, match=r"scalar memory.*shard"):
     jax.eval_shape(lambda q: block_sparse_attention(q, q, q, mask, interpret=False,
                                                     platform="tpu"), q)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_forward_and_grad_export_with_segment_ids(platform):
+  """Document masking: segment ids are a traced int input; the lists come from them."""
+  q = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, HEADS, HEAD_DIM), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, KV_HEADS, HEAD_DIM), jnp.bfloat16)
+  seg = jax.ShapeDtypeStruct((BATCH, SEQ_LEN), jnp.int32)
+  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL["cuda"])]
+  compiled = dict(interpret=False, platform=platform)
+  mask = _sparse_mask()
+  kernels = {
+      "flash": lambda q, k, v, s: flash_attention(q, k, v, segment_ids_BL=s, **compiled),
+      "block_sparse": lambda q, k, v, s: block_sparse_attention(
+          q, k, v, mask, segment_ids_BL=s, **compiled),
+  }
+  for name, attn in kernels.items():
+    loss = lambda q, k, v, s: jnp.sum(attn(q, k, v, s).astype(jnp.float32))
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+    for fn, count in ((attn, 1), (grad, 3)):
+      exported = jax.export.export(jax.jit(fn), platforms=[platform],
+                                   disabled_checks=checks)(q, kv, kv, seg)
+      assert exported.mlir_module().count(CUSTOM_CALL[platform]) == count, (name, platform)
+      out_shapes = [o.shape for o in exported.out_avals]
+      assert out_shapes[0] == q.shape and all(s in (q.shape, kv.shape) for s in out_shapes)
