@@ -67,3 +67,29 @@ def from_mask(mask_BHQK, *, block_q, block_k, causal=True):
 def expand_to_tokens(mask_BHQK, block_q, block_k):
   """bool [B, H, nQ*block_q, nK*block_k]: the block mask at token resolution."""
   return jnp.repeat(jnp.repeat(mask_BHQK, block_q, axis=-2), block_k, axis=-1)
+
+
+def segment_ranges(segment_ids_BL, block):
+  """(min, max) segment id per block: [B, L/block] each."""
+  blocks_BNb = segment_ids_BL.reshape(segment_ids_BL.shape[0], -1, block)
+  return jnp.min(blocks_BNb, axis=-1), jnp.max(blocks_BNb, axis=-1)
+
+
+def segment_block_mask(segment_ids_BL, block_q, block_k):
+  """bool [B, 1, nQ, nK]: query block i and key block j may share a document.
+
+  From each block's (min, max) segment id: exact when ids are non-decreasing along the
+  sequence (packed documents, as experiments.data makes them); otherwise a superset,
+  which stays correct because every kernel also masks the tile elementwise
+  (segment_q == segment_k), it only skips fewer blocks. Under stop_gradient (ints).
+  """
+  seg = jax.lax.stop_gradient(segment_ids_BL).astype(jnp.int32)
+  q_lo, q_hi = segment_ranges(seg, block_q)
+  k_lo, k_hi = segment_ranges(seg, block_k)
+  overlap = (q_lo[:, :, None] <= k_hi[:, None, :]) & (k_lo[:, None, :] <= q_hi[:, :, None])
+  return overlap[:, None]
+
+
+def segment_mask_tokens(segment_ids_BL):
+  """bool [B, 1, L, L]: query and key tokens belong to the same segment."""
+  return (segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :])
