@@ -56,17 +56,19 @@ def _same(ref):
 
 
 register(KindSpec(
-    "dense", impls=_same("kernels.dispatch:dense_attention"), flops=dense_flops))
+    "dense", impls=_same("kernels.dispatch:dense_attention"), flops=dense_flops,
+    segments=True))
 register(KindSpec(
     "block_sparse", impls=_same("kernels.sparse:block_sparse"), flops=sparse_flops,
     params={"estimator": "static", **estimator_params("static", "sparge")},
-    estimators=("static", "sparge"), estimate="kernels.sparse:estimate_block_sparse"))
+    estimators=("static", "sparge"), estimate="kernels.sparse:estimate_block_sparse",
+    segments=True))
 register(KindSpec(
     "spectral", impls=_same("kernels.sparse:spectral"), flops=sparse_flops,
     params=estimator_params("prism"), estimators=("prism",),
-    estimate="kernels.sparse:estimate_spectral"))
+    estimate="kernels.sparse:estimate_spectral", segments=True))
 register(KindSpec(
     "linear", impls=_same("kernels.linear:linear_attention"), flops=linear_flops,
     params={"log_decay": None, "feature_map": "identity", "normalize": False,
             "chunk_size": 64},
-    layer="linear"))
+    layer="linear", segments=True))

@@ -43,7 +43,11 @@ def reference_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, mask_BHQK=None):
   return out_BLHK.astype(out_dtype)
 
 
-def xla_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True):
-  """XLA's fused attention (GQA-aware); the fast dense path on CPU."""
+def xla_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None):
+  """XLA's fused attention (GQA-aware); the fast dense path on CPU. segment_ids_BL:
+  a token attends only to keys of its own segment (packed documents)."""
+  mask = None
+  if segment_ids_BL is not None:
+    mask = segment_ids_BL[:, None, :, None] == segment_ids_BL[:, None, None, :]
   return jax.nn.dot_product_attention(
-      q_BLHK, k_BLGK, v_BLGK, is_causal=causal, implementation="xla")
+      q_BLHK, k_BLGK, v_BLGK, mask=mask, is_causal=causal, implementation="xla")

@@ -6,19 +6,22 @@ the valid choices.
 """
 import jax
 
-from kernels import dense, kinds
+from kernels import block_mask_lib, dense, kinds
 from kernels.flash import flash_attention
 
 IMPLS = ("auto",) + kinds.IMPLS
 
 
-def dense_attention(q, k, v, *, impl, causal):
+def dense_attention(q, k, v, *, impl, causal, segment_ids_BL=None):
   """The implementations of kind 'dense'."""
   if impl == "reference":
-    return dense.reference_attention(q, k, v, causal=causal)
+    mask = None if segment_ids_BL is None else block_mask_lib.segment_mask_tokens(segment_ids_BL)
+    return dense.reference_attention(q, k, v, causal=causal, mask_BHQK=mask)
   if impl == "xla":
-    return dense.xla_attention(q, k, v, causal=causal)
-  return flash_attention(q, k, v, causal=causal)
+    return dense.xla_attention(q, k, v, causal=causal, segment_ids_BL=segment_ids_BL)
+  if segment_ids_BL is None:  # the kernel call of every earlier run, unchanged
+    return flash_attention(q, k, v, causal=causal)
+  return flash_attention(q, k, v, causal=causal, segment_ids_BL=segment_ids_BL)
 
 
 def resolve_impl(impl, kind):
@@ -70,14 +73,31 @@ def check_params(spec, params, extra=()):
     spec.validate(params)
 
 
-def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **params):
+def check_segments(spec, q_BLHK, segment_ids_BL):
+  if not spec.segments:
+    raise ValueError(
+        f"attention kind {spec.name!r} does not support document masking (segment_ids_BL); "
+        "train it with --config.data.packing=concat, or give its KindSpec segments=True "
+        "once its impls take segment_ids_BL.")
+  if segment_ids_BL.shape != q_BLHK.shape[:2]:
+    raise ValueError(f"segment_ids_BL has shape {segment_ids_BL.shape}; expected [B, L] = "
+                     f"{q_BLHK.shape[:2]} (one segment id per token).")
+
+
+def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, segment_ids_BL=None,
+              **params):
   """Attention over [batch, seq, heads, head_dim] tensors; returns o_BLHK.
 
   A kind with an estimator also takes what its `estimate` returned for these
   q, k (e.g. `mask_BHQK`), so the mask is computed once per layer and step.
+  segment_ids_BL (int [B, L], optional): document masking of a packed batch, a
+  token attends only to keys with its segment id (kinds registered segments=True).
   """
   spec = kinds.get(kind)
   check_params(spec, params, extra=("mask_BHQK",) if spec.estimate else ())
   _check_shapes(q_BLHK, k_BLGK, v_BLGK)
   impl = resolve_impl(impl, kind)
+  if segment_ids_BL is not None:
+    check_segments(spec, q_BLHK, segment_ids_BL)
+    params = dict(params, segment_ids_BL=segment_ids_BL)
   return spec.impl(impl)(q_BLHK, k_BLGK, v_BLGK, impl=impl, causal=causal, **params)

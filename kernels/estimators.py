@@ -145,8 +145,31 @@ def topk_counts(reachable_QK, topk):
   return np.maximum(1, np.floor(topk * reachable_Q + 1e-6)).astype(np.int32)
 
 
+def allowed_blocks(num_q, num_k, block_q, block_k, causal, allowed_BXQK=None):
+  """Reachable blocks [nQ, nK] (numpy), intersected with a data-dependent bool
+  allowed_BXQK [B, 1 or H, nQ, nK] (blocks sharing a document) when given."""
+  reachable_QK = reachable_blocks(num_q, num_k, block_q, block_k, causal)
+  return reachable_QK if allowed_BXQK is None else reachable_QK & allowed_BXQK
+
+
+def sink_of(reachable_QK, num_q, num_k):
+  """The sink: key block 0, or with document masks each row's first allowed block (its
+  document's first block), so a packed document keeps the sink it would keep alone."""
+  if isinstance(reachable_QK, np.ndarray):
+    return sink_blocks_mask(num_q, num_k)
+  return reachable_QK & (jnp.cumsum(reachable_QK, axis=-1) == 1)
+
+
+def topk_counts_of(allowed, topk):
+  """topk_counts for a mask that may be data-dependent (counts [..., nQ])."""
+  if isinstance(allowed, np.ndarray):
+    return topk_counts(allowed, topk)
+  reachable = jnp.sum(allowed, axis=-1)
+  return jnp.maximum(1, jnp.floor(topk * reachable + 1e-6)).astype(jnp.int32)
+
+
 def sparge_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topk=None,
-                topp=None, sim_threshold=None, max_blocks=None):
+                topp=None, sim_threshold=None, max_blocks=None, allowed_BXQK=None):
   """SpargeAttn-style mask from mean-pooled block scores.
 
   Scores softmax(pool_q . pool_k / sqrt(K)) under the block-causal mask. When
@@ -158,6 +181,9 @@ def sparge_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topk=None,
   as whole columns (and excluded from the softmax), such query blocks as whole
   rows. `max_blocks` caps the kept blocks per row (diagonal, then sink, then
   guarded blocks, then by score) so the work has a static bound.
+  allowed_BXQK (bool [B, 1, nQ, nK], optional): the only blocks it may keep (those
+  sharing a document in a packed batch); scores, top-k counts and top-p mass are taken
+  over them, so no share of the budget goes to a block that is masked anyway.
   """
   q_BLHK = jax.lax.stop_gradient(q_BLHK)
   k_BLGK = jax.lax.stop_gradient(k_BLGK)
@@ -165,9 +191,9 @@ def sparge_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topk=None,
   num_q, num_k = q_BLHK.shape[1] // block_q, k_BLGK.shape[1] // block_k
   pool_q_BHQK = pool_blocks(q_BLHK, block_q)
   pool_k_BHNK = repeat_heads(pool_blocks(k_BLGK, block_k), num_heads)
-  reachable_QK = reachable_blocks(num_q, num_k, block_q, block_k, causal)
+  reachable_QK = allowed_blocks(num_q, num_k, block_q, block_k, causal, allowed_BXQK)
   diagonal_QK = diagonal_blocks(num_q, num_k, block_q, block_k)
-  sink_QK = sink_blocks_mask(num_q, num_k)
+  sink_QK = sink_of(reachable_QK, num_q, num_k)
 
   batch = q_BLHK.shape[0]
   similar_q_BHQ = jnp.ones((batch, num_heads, num_q), bool)
@@ -181,7 +207,7 @@ def sparge_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topk=None,
   scored_BHQK = reachable_QK & similar_k_BHN[..., None, :]
   logits_BHQK = jnp.einsum("bhqk,bhnk->bhqn", pool_q_BHQK, pool_k_BHNK) / math.sqrt(head_dim)
   probs_BHQK = masked_softmax(logits_BHQK, scored_BHQK)
-  counts_Q = None if topk is None else topk_counts(reachable_QK, topk)
+  counts_Q = None if topk is None else topk_counts_of(reachable_QK, topk)
   selected_BHQK = select_blocks(probs_BHQK, topk_counts=counts_Q, topp=topp) & scored_BHQK
   mask_BHQK = (selected_BHQK | guard_BHQK | sink_QK | diagonal_QK) & reachable_QK
   if max_blocks is not None:
@@ -207,7 +233,7 @@ def _rms(x_BHNK):
 
 
 def prism_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topp=0.95,
-               high_freq_dims=None, max_blocks=None):
+               high_freq_dims=None, max_blocks=None, allowed_BXQK=None):
   """Prism (spectral) mask: per-band pooled scores with calibrated temperatures.
 
   Mean pooling is a low-pass filter: fast-rotating RoPE dims cancel inside a
@@ -216,7 +242,8 @@ def prism_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topp=0.95,
   temperature t = sqrt(d_band/d) * (rms(q_band)/rms(q)) * (rms(k_band)/rms(k))
   (RMS over all pooled blocks and band dims, per batch and head), restores the
   weak high band's contrast; each band keeps its own top-p set and the union,
-  plus sink and diagonal, is computed. `max_blocks` caps it as in sparge.
+  plus sink and diagonal, is computed. `max_blocks` caps it as in sparge;
+  `allowed_BXQK` restricts it to blocks sharing a document, as in sparge.
   """
   q_BLHK = jax.lax.stop_gradient(q_BLHK)
   k_BLGK = jax.lax.stop_gradient(k_BLGK)
@@ -225,7 +252,7 @@ def prism_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topp=0.95,
   num_q, num_k = q_BLHK.shape[1] // block_q, k_BLGK.shape[1] // block_k
   pool_q_BHQK = pool_blocks(q_BLHK, block_q)
   pool_k_BHNK = repeat_heads(pool_blocks(k_BLGK, block_k), num_heads)
-  reachable_QK = reachable_blocks(num_q, num_k, block_q, block_k, causal)
+  reachable_QK = allowed_blocks(num_q, num_k, block_q, block_k, causal, allowed_BXQK)
   rms_q_BH, rms_k_BH = _rms(pool_q_BHQK), _rms(pool_k_BHNK)
 
   selected_BHQK = jnp.zeros(pool_q_BHQK.shape[:2] + (num_q, num_k), bool)
@@ -244,7 +271,7 @@ def prism_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topp=0.95,
     best_probs_BHQK = jnp.maximum(best_probs_BHQK, probs_BHQK)
 
   diagonal_QK = diagonal_blocks(num_q, num_k, block_q, block_k)
-  sink_QK = sink_blocks_mask(num_q, num_k)
+  sink_QK = sink_of(reachable_QK, num_q, num_k)
   mask_BHQK = (selected_BHQK | sink_QK | diagonal_QK) & reachable_QK
   if max_blocks is not None:
     priority = best_probs_BHQK + 4.0 * sink_QK + 8.0 * diagonal_QK

@@ -10,13 +10,14 @@ import jax.numpy as jnp
 
 
 def gathered_attention(q_BLHK, k_BLGK, v_BLGK, kv_index_XYQN, kv_count_XYQ, *,
-                       block_q, block_k, causal=True):
+                       block_q, block_k, causal=True, segment_ids_BL=None):
   """Softmax attention over the listed key blocks of every query block.
 
   `kv_index_XYQN` (int, [B or 1, H or 1, nQ, N]) lists N key blocks per query
   block; slots at or past `kv_count_XYQ` are ignored. Size-1 batch/head axes
   mean one list shared by all (static masks), which avoids a per-head gather.
-  Computes in float32 and returns q's dtype.
+  segment_ids_BL (int [B, L], optional): a query attends only to keys of its own
+  segment (packed documents). Computes in float32 and returns q's dtype.
   """
   out_dtype = q_BLHK.dtype
   batch, length, num_heads, head_dim = q_BLHK.shape
@@ -57,6 +58,8 @@ def gathered_attention(q_BLHK, k_BLGK, v_BLGK, kv_index_XYQN, kv_count_XYQ, *,
     key_pos = index_XGRQN[..., None] * block_k + jnp.arange(block_k)
     query_pos_QI = jnp.arange(length).reshape(num_q, block_q)
     allowed = allowed & (key_pos[..., None, :, :] <= query_pos_QI[:, :, None, None])
+  if segment_ids_BL is not None:
+    allowed = allowed & _same_segment(segment_ids_BL, index_XGRQN, num_q, block_q, block_k)
   logits = jnp.where(allowed, logits, -jnp.inf)
   row_max = jnp.max(logits, axis=(-2, -1), keepdims=True)
   row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
@@ -66,3 +69,14 @@ def gathered_attention(q_BLHK, k_BLGK, v_BLGK, kv_index_XYQN, kv_count_XYQ, *,
   out_BGRQIK = jnp.einsum(f"bgrqinj,{kv_spec}->bgrqik", probs, v_gathered)
   out_BLHK = out_BGRQIK.transpose(0, 3, 4, 1, 2, 5).reshape(batch, length, num_heads, head_dim)
   return out_BLHK.astype(out_dtype)
+
+
+def _same_segment(segment_ids_BL, index_XGRQN, num_q, block_q, block_k):
+  """bool [B, G|1, R|1, nQ, bq, N, bk]: query and gathered key share a segment id."""
+  batch = segment_ids_BL.shape[0]
+  seg_q_BQI = segment_ids_BL.reshape(batch, num_q, block_q)
+  seg_k_BJC = segment_ids_BL.reshape(batch, -1, block_k)
+  index = jnp.broadcast_to(index_XGRQN, (batch,) + index_XGRQN.shape[1:])
+  batch_ids = jnp.arange(batch).reshape(batch, 1, 1, 1, 1)
+  seg_k = seg_k_BJC[batch_ids, index]  # [B, G|1, R|1, nQ, N, bk]
+  return seg_q_BQI[:, None, None, :, :, None, None] == seg_k[..., None, :, :]

@@ -51,6 +51,9 @@ class KindSpec:
     hands the kernel what it computed (e.g. the block mask); None: no density.
   layer: the model layer around the core, one of LAYERS.
   validate: optional fn(params) raising ValueError for bad values.
+  segments: its impls take `segment_ids_BL` (int [B, L]; document masking of packed
+    batches: a token attends only to keys of its own segment). Without it, a packed
+    batch (data.packing = "segments") is refused with the fix.
   """
   name: str
   impls: dict
@@ -60,6 +63,7 @@ class KindSpec:
   estimate: Optional[object] = None
   layer: str = "attention"
   validate: Optional[Callable] = None
+  segments: bool = False
 
   def __post_init__(self):
     if not self.impls or set(self.impls) - set(IMPLS):

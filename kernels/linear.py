@@ -84,10 +84,38 @@ def xla_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
   return o.astype(out_dtype)
 
 
+# log decay at a document start: the state before it is multiplied by exp(this).
+# -inf resets exactly in the XLA and reference paths (they sum decays directly); the
+# Pallas kernels take differences b_i - b_j of a within-chunk cumsum, where -inf would
+# give inf - inf, so they get a finite reset (exp(-30) ~ 1e-13 of the old state leaks,
+# and each reset in a chunk costs ~30 eps of precision in b_i - b_j).
+RESET_LOG_DECAY = {"reference": -jnp.inf, "xla": -jnp.inf, "pallas": -30.0}
+
+
+def document_starts(segment_ids_BL):
+  """bool [B, L]: token t starts a segment (its id differs from token t - 1's)."""
+  change_BL = segment_ids_BL[:, 1:] != segment_ids_BL[:, :-1]
+  return jnp.pad(change_BL, ((0, 0), (1, 0)))
+
+
+def reset_at_starts(log_decay_BLH, segment_ids_BL, heads, impl):
+  """The log decay with the state reset at every document start of a packed row:
+  token t then sees only tokens of its own document (decay gating, as Mamba-2's
+  seq_idx does), so no kernel needs a separate document path."""
+  starts_BL1 = document_starts(segment_ids_BL)[..., None]
+  if log_decay_BLH is None:
+    log_decay_BLH = jnp.zeros(segment_ids_BL.shape + (heads,), jnp.float32)
+  return jnp.where(starts_BL1, RESET_LOG_DECAY[impl], log_decay_BLH)
+
+
 def linear_attention(q_BLHK, k_BLGK, v_BLGK, *, impl, causal=True, log_decay=None,
-                     feature_map="identity", normalize=False, chunk_size=64):
-  """The `kind="linear"` entry of kernels.attention; see the module docstring."""
+                     feature_map="identity", normalize=False, chunk_size=64,
+                     segment_ids_BL=None):
+  """The `kind="linear"` entry of kernels.attention; see the module docstring.
+  segment_ids_BL: the state restarts where the segment id changes (packed documents)."""
   check_linear_args(q_BLHK, k_BLGK, log_decay, feature_map, causal, chunk_size)
+  if segment_ids_BL is not None and impl in RESET_LOG_DECAY:
+    log_decay = reset_at_starts(log_decay, segment_ids_BL, q_BLHK.shape[2], impl)
   options = dict(feature_map=feature_map, normalize=normalize)
   if impl == "reference":
     return linear_reference.recurrent_linear_attention(

@@ -117,37 +117,54 @@ def _check_params(estimator, head_dim, num_q, num_k, block_q, block_k, params):
   return p
 
 
-def _estimate(q, k, estimator, block_q, block_k, causal, params):
-  """(mask_BHQK, is_static); a static mask is [1, 1, nQ, nK] and concrete."""
+def _segment_blocks(segment_ids_BL, block_q, block_k):
+  if segment_ids_BL is None:
+    return None
+  return block_mask_lib.segment_block_mask(segment_ids_BL, block_q, block_k)
+
+
+def _estimate(q, k, estimator, block_q, block_k, causal, params, segment_ids_BL=None):
+  """(mask_BHQK, is_static); a static mask is [1, 1, nQ, nK] and concrete. With
+  segment ids the mask keeps only blocks that share a document ([B, ...], dynamic)."""
   head_dim = q.shape[3]
   num_q, num_k = q.shape[1] // block_q, k.shape[1] // block_k
   p = _check_params(estimator, head_dim, num_q, num_k, block_q, block_k, params)
+  allowed = _segment_blocks(segment_ids_BL, block_q, block_k)
   if estimator == "static":
+    if allowed is not None:  # the window is relative; sinks: each document's first blocks
+      window_QK = estimators.static_mask(num_q, num_k, block_q, block_k, causal=causal,
+                                         window_blocks=p["window_blocks"])
+      if p["window_blocks"] is None or not p["sink_blocks"]:
+        return window_QK[None, None] & allowed, False
+      reachable = allowed & estimators.reachable_blocks(num_q, num_k, block_q, block_k, causal)
+      sink = reachable & (jnp.cumsum(reachable, axis=-1) <= p["sink_blocks"])
+      return (window_QK | sink) & reachable, False
     mask_QK = estimators.static_mask(num_q, num_k, block_q, block_k, causal=causal, **p)
     return mask_QK[None, None], True
-  if estimator == "sparge":
-    mask = estimators.sparge_mask(q, k, block_q=block_q, block_k=block_k, causal=causal, **p)
-  else:
-    mask = estimators.prism_mask(q, k, block_q=block_q, block_k=block_k, causal=causal, **p)
+  make = estimators.sparge_mask if estimator == "sparge" else estimators.prism_mask
+  mask = make(q, k, block_q=block_q, block_k=block_k, causal=causal, allowed_BXQK=allowed, **p)
   return mask, False
 
 
 def block_mask(q_BLHK, k_BLGK, *, estimator, block_q=128, block_k=128, causal=True,
-               **params):
+               segment_ids_BL=None, **params):
   """The BlockMask an estimator picks for these q, k (mask heads = query heads).
 
   `.density` is the kept fraction of causally reachable blocks. Jitted, so
-  eager calls compile once per shape and parameter set.
+  eager calls compile once per shape and parameter set. With segment_ids_BL it
+  never keeps a block pair that shares no document.
   """
   _check_geometry(q_BLHK, k_BLGK, block_q, block_k)
-  return _block_mask(q_BLHK, k_BLGK, estimator=estimator, block_q=block_q,
+  return _block_mask(q_BLHK, k_BLGK, segment_ids_BL, estimator=estimator, block_q=block_q,
                      block_k=block_k, causal=causal, params=tuple(sorted(params.items())))
 
 
 @functools.partial(jax.jit, static_argnames=("estimator", "block_q", "block_k", "causal",
                                              "params"))
-def _block_mask(q_BLHK, k_BLGK, *, estimator, block_q, block_k, causal, params):
-  mask, _ = _estimate(q_BLHK, k_BLGK, estimator, block_q, block_k, causal, dict(params))
+def _block_mask(q_BLHK, k_BLGK, segment_ids_BL, *, estimator, block_q, block_k, causal,
+                params):
+  mask, _ = _estimate(q_BLHK, k_BLGK, estimator, block_q, block_k, causal, dict(params),
+                      segment_ids_BL)
   batch, num_heads = q_BLHK.shape[0], q_BLHK.shape[2]
   mask_BHQK = jnp.broadcast_to(mask, (batch, num_heads) + mask.shape[2:])
   return block_mask_lib.from_mask(mask_BHQK, block_q=block_q, block_k=block_k, causal=causal)
@@ -163,35 +180,47 @@ def _static_bound(estimator, num_q, num_k, block_q, block_k, params):
   return num_k
 
 
+def _list_bound(mask, is_static, estimator, block_q, block_k, causal, head_dim, params):
+  """Static bound on kept key blocks per row (exact for a static mask)."""
+  num_q, num_k = mask.shape[-2:]
+  if is_static:
+    with jax.ensure_compile_time_eval():
+      return int(jnp.max(block_mask_lib.active_lists(mask)[1]))
+  if estimator == "static":  # a static mask cut to documents keeps at most its rows
+    p = _check_params(estimator, head_dim, num_q, num_k, block_q, block_k, params)
+    static = estimators.static_mask(num_q, num_k, block_q, block_k, causal=causal, **p)
+    return int(static.sum(axis=-1).max())
+  return _static_bound(estimator, num_q, num_k, block_q, block_k, params)
+
+
 def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mask_BHQK=None,
-                      **params):
+                      segment_ids_BL=None, **params):
   _check_geometry(q, k, block_q, block_k)
   if impl not in ("pallas", "xla", "reference"):
     raise ValueError(f"block-sparse attention has impls 'pallas', 'xla', 'reference'; got {impl!r}.")
   if mask_BHQK is not None:  # estimated once by the caller (see the module docstring)
     mask, is_static = mask_BHQK, False
+    allowed = _segment_blocks(segment_ids_BL, block_q, block_k)
+    mask = mask if allowed is None else mask & allowed
   else:
     # A static mask is [1, 1, nQ, nK]: one list shared by every batch row and head.
-    mask, is_static = _estimate(q, k, estimator, block_q, block_k, causal, params)
+    mask, is_static = _estimate(q, k, estimator, block_q, block_k, causal, params,
+                                segment_ids_BL)
+  seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
   if impl == "pallas":
     # Imported here so the XLA/reference paths work without the kernel module.
     from kernels.block_sparse import block_sparse_attention
     lists = block_mask_lib.from_mask(mask, block_q=block_q, block_k=block_k, causal=causal)
-    return block_sparse_attention(q, k, v, lists, causal=causal)
-  num_q, num_k = mask.shape[-2:]
-  if is_static:
-    with jax.ensure_compile_time_eval():
-      index_XYQN, count_XYQ = block_mask_lib.active_lists(mask)
-      bound = int(jnp.max(count_XYQ))
-  else:
-    bound = _static_bound(estimator, num_q, num_k, block_q, block_k, params)
-  if impl == "reference" or bound >= num_k:
+    return block_sparse_attention(q, k, v, lists, causal=causal, **seg)
+  bound = _list_bound(mask, is_static, estimator, block_q, block_k, causal, q.shape[3], params)
+  if impl == "reference" or bound >= mask.shape[-1]:
     mask_BHQK = block_mask_lib.expand_to_tokens(mask, block_q, block_k)
+    if segment_ids_BL is not None:
+      mask_BHQK = mask_BHQK & block_mask_lib.segment_mask_tokens(segment_ids_BL)
     return dense.reference_attention(q, k, v, causal=causal, mask_BHQK=mask_BHQK)
-  if not is_static:
-    index_XYQN, count_XYQ = block_mask_lib.active_lists(mask)
+  index_XYQN, count_XYQ = block_mask_lib.active_lists(mask)
   return gathered_attention(q, k, v, index_XYQN[..., :bound], count_XYQ,
-                            block_q=block_q, block_k=block_k, causal=causal)
+                            block_q=block_q, block_k=block_k, causal=causal, **seg)
 
 
 def block_sparse(q, k, v, *, impl, causal, estimator="static", block_q=128, block_k=128,
@@ -208,24 +237,25 @@ def spectral(q, k, v, *, impl, causal, block_q=128, block_k=128, **params):
                            block_q=block_q, block_k=block_k, **params)
 
 
-def _estimate_once(q, k, causal, estimator, params):
-  mask = block_mask(q, k, estimator=estimator, causal=causal, **params)
-  if estimator == "static":
+def _estimate_once(q, k, causal, estimator, params, segment_ids_BL):
+  mask = block_mask(q, k, estimator=estimator, causal=causal, segment_ids_BL=segment_ids_BL,
+                    **params)
+  if estimator == "static" and segment_ids_BL is None:
     return mask.density, params
   return mask.density, {**params, "mask_BHQK": mask.mask_BHQK}
 
 
-def estimate_block_sparse(q_BLHK, k_BLGK, *, causal=True, **params):
+def estimate_block_sparse(q_BLHK, k_BLGK, *, causal=True, segment_ids_BL=None, **params):
   """(density, kernel params) for kind 'block_sparse' (its KindSpec.estimate)."""
   estimator = params.get("estimator", "static")
   rest = {n: v for n, v in params.items() if n != "estimator"}
-  density, rest = _estimate_once(q_BLHK, k_BLGK, causal, estimator, rest)
+  density, rest = _estimate_once(q_BLHK, k_BLGK, causal, estimator, rest, segment_ids_BL)
   return density, {**params, **rest}
 
 
-def estimate_spectral(q_BLHK, k_BLGK, *, causal=True, **params):
+def estimate_spectral(q_BLHK, k_BLGK, *, causal=True, segment_ids_BL=None, **params):
   """(density, kernel params) for kind 'spectral' (its KindSpec.estimate)."""
-  return _estimate_once(q_BLHK, k_BLGK, causal, "prism", params)
+  return _estimate_once(q_BLHK, k_BLGK, causal, "prism", params, segment_ids_BL)
 
 
 def attention_density(q_BLHK, k_BLGK, *, kind, causal=True, **params):
