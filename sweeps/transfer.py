@@ -11,6 +11,8 @@ plus "+completep" under CompleteP's depth scaling) and each width (or depth):
   is too narrow, not where the optimum is.
 - a refined optimum: the vertex of the parabola through the grid optimum and its two
   neighbours in log2 LR (Everett et al. 2024 fit such curves); only when bracketed.
+- the margin: how much higher the better neighbour's loss is. A margin within the
+  seed-to-seed noise of one run says the grid cannot place that optimum to one step.
 
 An arm transfers when every optimum is bracketed and the grid optima span at most
 --tolerance_steps grid steps (factors of 2) across the axis; `drift` is the least-squares
@@ -79,7 +81,8 @@ def optimum(curve):
   """{log2_lr, loss, bracketed, refined_log2_lr} for one curve [(log2 lr, loss)] (sorted)."""
   losses = [loss for _, loss in curve]
   if not any(math.isfinite(loss) for loss in losses):
-    return {"log2_lr": None, "loss": None, "bracketed": False, "refined_log2_lr": None}
+    return {"log2_lr": None, "loss": None, "bracketed": False, "refined_log2_lr": None,
+            "margin": None}
   i = int(np.argmin(losses))
   bracketed = 0 < i < len(curve) - 1
   refined = None
@@ -90,8 +93,12 @@ def optimum(curve):
       refined = float(np.clip(-b / (2 * a), x0, x2)) if a > 0 else x1
     else:
       refined = x1  # a diverged neighbour: the edge of stability, no parabola
+  # How much worse the better grid neighbour is: with one seed per point, a margin
+  # within the seed noise means the grid cannot place the optimum this precisely.
+  neighbours = [losses[j] for j in (i - 1, i + 1) if 0 <= j < len(curve)]
+  margin = (min(neighbours) - losses[i]) if neighbours else None
   return {"log2_lr": curve[i][0], "loss": curve[i][1], "bracketed": bracketed,
-          "refined_log2_lr": refined}
+          "refined_log2_lr": refined, "margin": margin}
 
 
 def _drift(axis_values, refined):
@@ -123,26 +130,32 @@ def analyse(points, tolerance_steps=1):
   return {"arms": arms, "problems": problems, "tolerance_steps": tolerance_steps}
 
 
+def verdict(info):
+  if info["transfers"]:
+    return "transfers"
+  return "does not transfer" if info["bracketed"] else "undetermined (unbracketed optimum)"
+
+
 def _lr(e):
   return "-" if e is None else f"2^{e:+.1f} ({2.0 ** e:.3g})"
 
 
 def format_table(result, axis):
-  lines = [f"{'arm':<16} {axis:>6} {'grid optimum LR':>22} {'refined LR':>22} {'loss':>8}"]
+  lines = [f"{'arm':<16} {axis:>6} {'grid optimum LR':>22} {'refined LR':>22} {'loss':>8} "
+           f"{'margin':>7}"]
   for arm, info in result["arms"].items():
     for v, o in info["optima"].items():
       mark = "" if o["bracketed"] else "  (edge: not bracketed)"
       loss = "-" if o["loss"] is None else f"{o['loss']:.4f}"
+      margin = "-" if o["margin"] is None else f"{o['margin']:.4f}"
       lines.append(f"{arm:<16} {v:>6} {_lr(o['log2_lr']):>22} {_lr(o['refined_log2_lr']):>22} "
-                   f"{loss:>8}{mark}")
+                   f"{loss:>8} {margin:>7}{mark}")
   lines.append("")
   for arm, info in result["arms"].items():
     drift = "-" if info["drift"] is None else f"{info['drift']:+.2f}"
     spread = "-" if info["spread_steps"] is None else f"{info['spread_steps']:.0f}"
-    verdict = "transfers" if info["transfers"] else (
-        "does not transfer" if info["bracketed"] else "undetermined (unbracketed optimum)")
     lines.append(f"{arm}: optimum spread {spread} grid step(s) across {axis}s, drift "
-                 f"{drift} log2 LR per doubling: {verdict} (tolerance "
+                 f"{drift} log2 LR per doubling: {verdict(info)} (tolerance "
                  f"{result['tolerance_steps']} step)")
   return "\n".join(lines)
 
@@ -158,7 +171,9 @@ def figure(points, result, axis, column):
                              sharey=True)
     finite = [loss for cs in points.values() for c in cs.values() for _, loss in c
               if math.isfinite(loss)]
-    top = min(max(finite), min(finite) + 1.5) if finite else 1.0
+    low = min(finite) if finite else 0.0
+    top = min(max(finite), low + 1.5) if finite else 1.0
+    bottom = low - 0.05 * (top - low)
     for ax, arm in zip(axes[0], arms):
       curves, info = points[arm], result["arms"][arm]
       colors = plt.cm.viridis(np.linspace(0, 0.9, len(curves)))
@@ -170,12 +185,11 @@ def figure(points, result, axis, column):
         if o["log2_lr"] is not None:
           ax.plot([o["log2_lr"]], [o["loss"]], "*", ms=13, mec=color,
                   mfc=color if o["bracketed"] else "none")
-      verdict = "transfers" if info["transfers"] else "does not transfer"
       spread = info["spread_steps"]
-      ax.set_title(f"{arm}: {verdict}\noptimum spread "
+      ax.set_title(f"{arm}: {verdict(info).split(' (')[0]}\noptimum spread "
                    f"{'-' if spread is None else f'{spread:.0f}'} step(s)")
       ax.set_xlabel("log2 learning rate")
-      ax.set_ylim(top=top)
+      ax.set_ylim(bottom, top)
       ax.legend(loc="best")
     axes[0][0].set_ylabel(column.replace("_", " "))
     fig.tight_layout()

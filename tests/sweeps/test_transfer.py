@@ -83,6 +83,7 @@ def test_analysis_finds_each_widths_optimum_and_tells_transfer_from_drift(tmp_pa
   for width, o in mup["optima"].items():
     assert o["bracketed"] and o["log2_lr"] == -7
     assert o["refined_log2_lr"] == pytest.approx(-7.3, abs=1e-6)  # exact for a parabola
+    assert o["margin"] == pytest.approx(0.05 * (0.7 ** 2 - 0.3 ** 2))  # neighbour -8
   assert [o["log2_lr"] for o in sp["optima"].values()] == [-7, -8, -9, -10]
   assert mup["transfers"] and mup["spread_steps"] == 0
   assert not sp["transfers"] and sp["spread_steps"] == 3
