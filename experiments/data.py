@@ -12,7 +12,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from experiments import corpora, sources, tokenizers
+from experiments import corpora, packing, sources, tokenizers
 
 CORPORA = ("synthetic", *sources.SOURCES)
 
@@ -145,6 +145,7 @@ def build(cfg, process_index=0, process_count=1):
     train, held, summary = _synthetic(cfg)
   else:
     train, held, summary = _text(cfg, sources.documents(cfg.data))
+  summary["data_packing"] = packing.resolve(cfg.data)
   local_batch = cfg.batch_size // process_count
   if len(train) < cfg.batch_size or len(held) < cfg.batch_size:
     raise ValueError(

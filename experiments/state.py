@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import models
 import parallel
-from experiments import optimizer
+from experiments import optimizer, packing
 
 
 def cross_entropy(logits_BLV, targets_BL):
@@ -89,10 +89,13 @@ def build(cfg, mesh):
   batch_spec = parallel.spec_for(("batch", None), rules, mesh.axis_names)
   batch_sharding = NamedSharding(mesh, batch_spec)
 
+  separator = packing.separator_id(cfg)
+
   def loss_fn(params, batch_BL):
     """(loss, aux): aux holds the mean attention density of the sparse layers."""
     model = nnx.merge(graphdef, nnx.State(params))
-    logits_BLV = model(batch_BL[:, :-1])
+    inputs_BL = batch_BL[:, :-1]
+    logits_BLV = model(inputs_BL, **packing.model_inputs(inputs_BL, separator))
     densities = jax.tree.leaves(nnx.pop(model, nnx.Intermediate))
     aux = {"attn_density": jnp.mean(jnp.stack(densities))} if densities else {}
     return cross_entropy(logits_BLV, batch_BL[:, 1:]), aux

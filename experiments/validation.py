@@ -7,6 +7,7 @@ drift from what the model, kernels and optimizer accept.
 import os
 
 import kernels
+from experiments import packing
 from experiments.optimizer import SCHEDULES
 from kernels.linear_reference import FEATURE_MAPS
 from kernels.sparse import ESTIMATORS
@@ -122,6 +123,17 @@ def _check_attention(cfg):
                          f"attention tiles the sequence into blocks); {hint}.")
 
 
+def _check_packing(cfg):
+  if packing.resolve(cfg.data) != "segments":
+    return
+  unsupported = sorted({k for k in layer_kinds(cfg) if not kernels.kinds.get(k).segments})
+  if unsupported:
+    raise ValueError(
+        f"data.packing {cfg.data.packing!r} masks attention at document boundaries, but "
+        f"attention kind(s) {unsupported} do not support segment ids (KindSpec.segments); "
+        "set --config.data.packing=concat.")
+
+
 def _check_optimizer(cfg):
   _positive(cfg, "optimizer.lr", "optimizer.grad_clip")
   _one_of(cfg, "optimizer.schedule", SCHEDULES)
@@ -138,6 +150,7 @@ def validate(cfg):
   _at_least(cfg, 2, "seq_len")  # windows are seq_len + 1 tokens: inputs and shifted targets
   _check_model(cfg)
   _check_attention(cfg)
+  _check_packing(cfg)
   _check_optimizer(cfg)
   _in_range(cfg, "data.eval_fraction", 0, 1, open_low=True, open_high=True)
   _at_least(cfg, 0, "data.max_bytes")

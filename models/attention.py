@@ -27,16 +27,18 @@ def kind_params(attn_cfg, kind):
   return {key: attn_cfg[key] for key in keys if key in attn_cfg and attn_cfg[key] is not None}
 
 
-def attend(q_BLHK, k_BLGK, v_BLGK, spec, impl, params, sow):
+def attend(q_BLHK, k_BLGK, v_BLGK, spec, impl, params, sow, segment_ids_BL=None):
   """The kind's core under the active mesh; a kind with an estimator runs it once
-  here, sows the density ("attn_density") and hands the kernel its result."""
+  here, sows the density ("attn_density") and hands the kernel its result.
+  segment_ids_BL: document masking of a packed batch (estimator and kernel)."""
+  seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
   estimate = spec.estimate_fn()
   if estimate is not None:
-    density, params = estimate(q_BLHK, k_BLGK, causal=True, **params)
+    density, params = estimate(q_BLHK, k_BLGK, causal=True, **params, **seg)
     sow(nnx.Intermediate, "attn_density", density)
   # Under a multi-device mesh the kernel runs per device inside shard_map.
   return parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=spec.name, impl=impl,
-                            causal=True, **params)
+                            causal=True, **params, **seg)
 
 
 class Attention(nnx.Module):
@@ -59,7 +61,7 @@ class Attention(nnx.Module):
     self.out_mult = parametrization.forward_multiplier(m, "hidden", H * K)
     self.softmax_mult = parametrization.umup(m, "attn_softmax_mult")
 
-  def __call__(self, x_BLD, cos_LF, sin_LF):
+  def __call__(self, x_BLD, cos_LF, sin_LF, segment_ids_BL=None):
     dtype, unit = x_BLD.dtype, self.unit
     qk = U.qk_grad_scale(self.softmax_mult, self.head_dim)
     q_BLHK = U.project("bld,dhk->blhk", x_BLD, self.wq_DHK, self.in_mult, unit, qk)
@@ -69,7 +71,7 @@ class Attention(nnx.Module):
     k_BLGK = apply_rope(k_BLGK, cos_LF, sin_LF)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
     o_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, kinds.get(self.kind), self.impl,
-                    self.params, self.sow)
+                    self.params, self.sow, segment_ids_BL)
     o_BLHK = parallel.constrain(o_BLHK, ("batch", "length", "heads", "head_dim"))
     if unit:  # block kinds too: at init they keep (nearly) every reachable key
       scale = U.attention_out_scale(self.softmax_mult, self.head_dim, x_BLD.shape[1])

@@ -42,23 +42,30 @@ class RMSNorm(nnx.Module):
     return (x * self.scale[...]).astype(x_BLD.dtype)
 
 
-def rope_tables(seq_len, head_dim, theta):
-  """cos/sin [L, K/2] for the rotate-half layout: dim i pairs with i + K/2.
+def rope_tables(seq_len, head_dim, theta, positions_BL=None):
+  """cos/sin [L, K/2] for the rotate-half layout: dim i pairs with i + K/2; with
+  positions_BL (packed documents: positions restart at each document) [B, L, K/2].
 
   inv_freq = theta^(-2i/K), so the LOW indices of each half are the HIGH
   frequencies (the spectral estimator relies on this convention).
   """
   half = head_dim // 2
   inv_freq_F = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)
-  angle_LF = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq_F[None, :]
-  return jnp.cos(angle_LF), jnp.sin(angle_LF)
+  if positions_BL is None:
+    angle = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq_F[None, :]
+  else:
+    angle = positions_BL.astype(jnp.float32)[..., None] * inv_freq_F
+  return jnp.cos(angle), jnp.sin(angle)
 
 
 def apply_rope(x_BLHK, cos_LF, sin_LF):
+  """cos/sin: [L, K/2] shared by the batch, or [B, L, K/2] per row."""
   half = x_BLHK.shape[-1] // 2
   x = x_BLHK.astype(jnp.float32)
   x1, x2 = x[..., :half], x[..., half:]
-  cos, sin = cos_LF[None, :, None, :], sin_LF[None, :, None, :]
+  if cos_LF.ndim == 2:
+    cos_LF, sin_LF = cos_LF[None], sin_LF[None]
+  cos, sin = cos_LF[:, :, None, :], sin_LF[:, :, None, :]
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x_BLHK.dtype)
 

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 import parallel
+from kernels.linear import document_starts
 from models import parametrization
 from models import unit_scaling as U
 from models.layers import param
@@ -30,9 +31,12 @@ def _decay_bias(num_heads):
   return jnp.asarray(_decay_bias_np(num_heads), jnp.float32)
 
 
-def causal_conv2(x_BLCK, w_2CK):
-  """y_t = w_0 * x_t + w_1 * x_{t-1} per channel (x_{-1} = 0)."""
+def causal_conv2(x_BLCK, w_2CK, starts_BL=None):
+  """y_t = w_0 * x_t + w_1 * x_{t-1} per channel (x_{-1} = 0; also 0 at a document
+  start, starts_BL, so the conv never reads the previous document)."""
   shifted_BLCK = jnp.pad(x_BLCK, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
+  if starts_BL is not None:
+    shifted_BLCK = jnp.where(starts_BL[:, :, None, None], 0, shifted_BLCK)
   return w_2CK[0] * x_BLCK + w_2CK[1] * shifted_BLCK
 
 
@@ -78,19 +82,20 @@ class LinearAttention(nnx.Module):
     return U.linear_out_scale(self.options["feature_map"], self.options["normalize"],
                               self.bias_H, self.head_dim, seq_len)
 
-  def __call__(self, x_BLD, cos_LF=None, sin_LF=None):
+  def __call__(self, x_BLD, cos_LF=None, sin_LF=None, segment_ids_BL=None):
     del cos_LF, sin_LF  # position comes from the decay
     dtype, unit = x_BLD.dtype, self.unit
     q_BLHK = U.project("bld,dhk->blhk", x_BLD, self.wq_DHK, self.in_mult, unit)
     k_BLGK = U.project("bld,dgk->blgk", x_BLD, self.wk_DGK, self.in_mult, unit)
     v_BLGK = U.project("bld,dgk->blgk", x_BLD, self.wv_DGK, self.in_mult, unit)
+    starts_BL = None if segment_ids_BL is None else document_starts(segment_ids_BL)
     if self.conv:
       # u-muP: a unit-scaled conv's weight gradient is divided by sqrt(tokens).
       taps = (lambda p: U.scaled(p[...], 1.0, U.tokens(x_BLD) ** -0.5)) if unit else (
           lambda p: p[...])
-      q_BLHK = causal_conv2(q_BLHK, taps(self.conv_q_2HK).astype(dtype))
-      k_BLGK = causal_conv2(k_BLGK, taps(self.conv_k_2GK).astype(dtype))
-      v_BLGK = causal_conv2(v_BLGK, taps(self.conv_v_2GK).astype(dtype))
+      q_BLHK = causal_conv2(q_BLHK, taps(self.conv_q_2HK).astype(dtype), starts_BL)
+      k_BLGK = causal_conv2(k_BLGK, taps(self.conv_k_2GK).astype(dtype), starts_BL)
+      v_BLGK = causal_conv2(v_BLGK, taps(self.conv_v_2GK).astype(dtype), starts_BL)
     q_BLHK = q_BLHK * jnp.asarray(self.head_dim ** -0.5, dtype)
     log_decay_BLH = None
     if self.decay:
@@ -99,8 +104,9 @@ class LinearAttention(nnx.Module):
       log_decay_BLH = -jax.nn.softplus(pre_BLH)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
     # Under a mesh the kernel runs in shard_map (log_decay [B, L, H] split like q).
+    seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
     o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=self.kind, impl=self.impl,
-                                causal=True, log_decay=log_decay_BLH, **self.options)
+                                causal=True, log_decay=log_decay_BLH, **self.options, **seg)
     o_BLHK = parallel.constrain(o_BLHK.astype(dtype), ("batch", "length", "heads", "head_dim"))
     if unit:
       scale_H = jnp.asarray(self._out_scale(x_BLD.shape[1]), dtype)

@@ -61,15 +61,16 @@ class Block(nnx.Module):
       self.sow(Activation, name, y_BLD)
     return U.scaled(y_BLD, a, 1.0) + x_BLD * jnp.asarray(b, x_BLD.dtype)
 
-  def __call__(self, x_BLD, cos_LF, sin_LF, probe=False):
+  def __call__(self, x_BLD, cos_LF, sin_LF, probe=False, segment_ids_BL=None):
+    seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
     if self.tau:
-      attn = lambda h: self.attn(self.attn_norm(h), cos_LF, sin_LF)  # noqa: E731
+      attn = lambda h: self.attn(self.attn_norm(h), cos_LF, sin_LF, **seg)  # noqa: E731
       x_BLD = self._unit_residual(x_BLD, attn, self.tau[0], "attn_out", probe)
       x_BLD = parallel.constrain(x_BLD, ("batch", "length", "embed"))
       mlp = lambda h: self.mlp(self.mlp_norm(h))  # noqa: E731
       x_BLD = self._unit_residual(x_BLD, mlp, self.tau[1], "mlp_out", probe)
       return parallel.constrain(x_BLD, ("batch", "length", "embed"))
-    attn_BLD = self.attn(self.attn_norm(x_BLD), cos_LF, sin_LF)
+    attn_BLD = self.attn(self.attn_norm(x_BLD), cos_LF, sin_LF, **seg)
     x_BLD = x_BLD + self._branch(attn_BLD, "attn_out", probe)
     x_BLD = parallel.constrain(x_BLD, ("batch", "length", "embed"))
     x_BLD = x_BLD + self._branch(self.mlp(self.mlp_norm(x_BLD)), "mlp_out", probe)
@@ -109,8 +110,10 @@ class LM(nnx.Module):
       self.unembed_DV = param(rngs, (m.width, m.vocab_size), ("embed", "vocab"),
                               P.init_scale(m, "readout", m.init_std))
 
-  def __call__(self, tokens_BL, probe=False):
-    """probe=True sows each group's activations as `Activation`s (the coordinate check)."""
+  def __call__(self, tokens_BL, probe=False, segment_ids_BL=None, positions_BL=None):
+    """probe=True sows each group's activations as `Activation`s (the coordinate check).
+    A packed batch (experiments.packing) passes segment_ids_BL (attention stays inside
+    each document) and positions_BL (RoPE positions restart per document)."""
     dtype = self.compute_dtype
     embed_VD = self.embed_VD[...]
     if self.loss_mult is not None:  # u-muP's unit-scaled embedding gradient
@@ -119,9 +122,10 @@ class LM(nnx.Module):
     x_BLD = parallel.constrain(x_BLD, ("batch", "length", "embed"))
     if probe:
       self.sow(Activation, "embed", x_BLD)
-    cos_LF, sin_LF = rope_tables(tokens_BL.shape[1], self.head_dim, self.rope_theta)
+    cos_LF, sin_LF = rope_tables(tokens_BL.shape[1], self.head_dim, self.rope_theta,
+                                 positions_BL)
     for block in self.blocks:
-      x_BLD = block(x_BLD, cos_LF, sin_LF, probe=probe)
+      x_BLD = block(x_BLD, cos_LF, sin_LF, probe=probe, segment_ids_BL=segment_ids_BL)
     if probe:
       self.sow(Activation, "residual", x_BLD)
     x_BLD = self.final_norm(x_BLD)

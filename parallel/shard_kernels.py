@@ -65,7 +65,8 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
   Array parameters whose leading dims are [B, L, H] (e.g. linear attention's
   log_decay [B, L, H]) are split like q; a block mask `mask_BHQK` [B, H, nQ, nK]
   (estimated once, outside) like q's batch and the heads each device attends
-  to; other parameters pass through as is.
+  to; segment ids [B, L] like q's batch and sequence (gathered to whole sequences
+  on each device); other parameters pass through as is.
   Outside `parallel.activate` or on one device this is `kernels.attention`.
   """
   mesh = rules_lib.active_mesh()
@@ -85,7 +86,7 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
 
   per_head = {}
   for name, value in params.items():
-    if getattr(value, "ndim", 0) == 0 or name == "mask_BHQK":
+    if getattr(value, "ndim", 0) == 0 or name in ("mask_BHQK", "segment_ids_BL"):
       continue
     if value.shape[:3] != q_BLHK.shape[:3]:
       raise ValueError(
@@ -95,6 +96,7 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
   static = {n: v for n, v in params.items() if n not in per_head}
   names = tuple(per_head)
   mask = static.pop("mask_BHQK", None)
+  segments = static.pop("segment_ids_BL", None)
 
   def spec_of(ndim):
     return PartitionSpec(_entry(batch_axes), _entry(seq_axes), _entry(head_axes),
@@ -107,6 +109,11 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
 
   def local(q, k, v, *arrays):
     local_static = dict(static)
+    if segments is not None:
+      *arrays, seg_BL = arrays
+      # Every device attends over whole sequences: gather the sequence shards.
+      local_static["segment_ids_BL"] = (
+          jax.lax.all_gather(seg_BL, seq_axis, axis=1, tiled=True) if seq_axes else seg_BL)
     if mask is not None:
       *arrays, local_static["mask_BHQK"] = arrays
     if seq_axes:
@@ -124,6 +131,9 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
     # After the all-to-all a device holds heads split over tensor, then sequence.
     arrays.append(mask)
     in_specs += (PartitionSpec(_entry(batch_axes), _entry(head_axes + seq_axes), None, None),)
+  if segments is not None:  # [B, L]: split like q's batch and sequence
+    arrays.append(segments)
+    in_specs += (PartitionSpec(_entry(batch_axes), seq_axis),)
   # check_vma=False: kernels (pallas_call, custom_vjp) are opaque to the
   # replication checker; every output dim is covered by out_specs anyway.
   sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec_of(4),

@@ -45,6 +45,8 @@ def _data():
   c.token_dtype = ""             # array_record (token records), token_bin: uint16 | uint32
   c.tokenizer = "byte"           # byte | path to a SentencePiece *.model | HF tokenizers *.json
   c.max_bytes = 0                # cap on corpus bytes (0 = all)
+  c.packing = "auto"             # auto | concat | segments (document masking; auto: segments
+                                 # for text and token corpora) (experiments/packing.py)
   c.eval_fraction = 0.02         # text corpora: share of documents held out
   return c
 
