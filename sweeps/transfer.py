@@ -36,13 +36,19 @@ from sweeps import store as store_lib
 AXES = {"width": "model.width", "depth": "model.depth"}
 LR_KEY = "optimizer.lr"
 
-_AXIS = flags.DEFINE_enum("axis", "auto", ["auto", *AXES], "What varies across curves: auto "
-                          "picks the one of width / depth that takes more than one value.")
-_OUT = flags.DEFINE_string("out", None, "Directory for transfer.json and transfer.png "
-                           "(default: the store).")
-_COLUMN = flags.DEFINE_string("column", "eval_loss", "Summary column to minimise.")
-_TOLERANCE = flags.DEFINE_integer("tolerance_steps", 1, "Largest spread of the grid optima, "
-                                  "in grid steps, that still counts as transfer.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI's flags, defined only when it runs: absl flags are process-wide and
+  sweeps.fit owns another --out."""
+  flags.DEFINE_enum("axis", "auto", ["auto", *AXES], "What varies across curves: auto "
+                    "picks the one of width / depth that takes more than one value.")
+  flags.DEFINE_string("out", None, "Directory for transfer.json and transfer.png "
+                      "(default: the store).")
+  flags.DEFINE_string("column", "eval_loss", "Summary column to minimise.")
+  flags.DEFINE_integer("tolerance_steps", 1, "Largest spread of the grid optima, in grid "
+                       "steps, that still counts as transfer.")
 
 
 def arm_of(row):
@@ -228,8 +234,8 @@ def main(argv):
     raise app.UsageError("--store=DIR is required", exitcode=2)
 
   def body():
-    result = run(sweep_flags.STORE.value, _AXIS.value, _OUT.value, _COLUMN.value,
-                 _TOLERANCE.value)
+    result = run(sweep_flags.STORE.value, FLAGS.axis, FLAGS.out, FLAGS.column,
+                 FLAGS.tolerance_steps)
     print(format_table(result, result["axis"]))
     for problem in result["problems"]:
       print(f"WARNING: {problem}")
@@ -239,4 +245,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   sys.exit(app.run(main))
