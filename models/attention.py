@@ -13,6 +13,12 @@ from models.layout import head_dim, layer_kinds  # noqa: F401  (layer_kinds: re-
 SPARSE_KINDS = kinds.BLOCK_KINDS  # live: kinds registered later are included
 
 
+class Captured(nnx.Variable):
+  """A layer's attention inputs (q, k, v after RoPE; segment ids or None), sown when
+  `Attention.capture` is set: calibration and recall probes read them. Not an
+  nnx.Intermediate, so the training loss never sees it."""
+
+
 def kind_params(attn_cfg, kind):
   """The config's parameters that this layer's kind (and block-mask estimator)
   takes; None means the default. One config serves layers of several kinds, so
@@ -60,6 +66,7 @@ class Attention(nnx.Module):
     self.in_mult = parametrization.forward_multiplier(m, "hidden", D)
     self.out_mult = parametrization.forward_multiplier(m, "hidden", H * K)
     self.softmax_mult = parametrization.umup(m, "attn_softmax_mult")
+    self.capture = False  # set True to sow Captured(q, k, v, segment ids)
 
   def __call__(self, x_BLD, cos_LF, sin_LF, segment_ids_BL=None):
     dtype, unit = x_BLD.dtype, self.unit
@@ -70,6 +77,8 @@ class Attention(nnx.Module):
     q_BLHK = apply_rope(q_BLHK, cos_LF, sin_LF) * jnp.asarray(self.q_scale, dtype)
     k_BLGK = apply_rope(k_BLGK, cos_LF, sin_LF)
     q_BLHK = parallel.constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
+    if self.capture:
+      self.sow(Captured, "attn_inputs", (q_BLHK, k_BLGK, v_BLGK, segment_ids_BL))
     o_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, kinds.get(self.kind), self.impl,
                     self.params, self.sow, segment_ids_BL)
     o_BLHK = parallel.constrain(o_BLHK, ("batch", "length", "heads", "head_dim"))
