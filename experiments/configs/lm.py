@@ -94,6 +94,9 @@ def _attention():
   c.sim_threshold = placeholder(float)
   c.high_freq_dims = placeholder(int)
   c.max_blocks = placeholder(int)  # xla sparse path: static bound on kept blocks per row
+  c.pv_threshold = placeholder(float)  # SpargeAttn stage 2 lambda (<= 0; kernels/pv_skip.py)
+  c.thresholds = ""         # per-layer estimator params from `python -m experiments.calibrate`
+  c.distill_weight = 0.0    # sparse layers: + weight x |o_sparse - sg(o_dense)|^2 / |o_dense|^2
   c.feature_map = "identity"  # linear: identity | elu1 | relu | squared
   c.normalize = False
   c.chunk_size = 64
