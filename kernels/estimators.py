@@ -10,6 +10,28 @@ Block geometry shared by all: query block i covers tokens [i bq, (i+1) bq);
 its "diagonal" is every key block overlapping that span (one block when
 bq == bk); the "sink" is key block 0. Both are always kept so every query row
 has at least its own key and the usual attention sink.
+
+Prism (prism_mask) against the reference (xinghaow99/prism, prism/prism.py
+`prism_block_estimate` and its Triton kernels, prism/kernels/prism_estimation.py):
+matches the reference: block means of post-RoPE q and of k repeated to the query
+  heads; bands of the rotate-half layout, high = the first high_freq_dims/2 dims of
+  each half, low = the last low_freq_dims/2 of each half, defaults 64 and 96 of 128
+  (they overlap; our RoPE, models.layers.rope_tables, is the same layout, so the
+  same indices rotate fastest); t = sqrt(d_b/d) (rms(q_b)/rms(q)) (rms(k_b)/rms(k))
+  with RMS over all pooled blocks and dims per (batch, head) and the full RMS
+  clamped at 1e-6; logits q_b.k_b / (sqrt(d_b) t); block-causal softmax per band;
+  top-p per row and band over the sorted row, keeping a block while the mass before
+  it is < topp (so the crossing block is kept), ties to the lower index (their
+  Triton select); union of the bands, sink column and diagonal; topp 0.95.
+differs: one `topp` for both bands, because the reference's two thresholds are
+  equal in all its scripts (0.95; 0.93 for LongBench); no uncalibrated mode
+  (their CALIBRATE=false, fixed temperature 1), because it is an ablation and off
+  by default; t is also clamped at 1e-6, because an all-zero band would give 0/0
+  logits (theirs go NaN), ours score it uniform; scores in float32 (they pool bf16);
+  block_q != block_k, causal=False, packed documents (allowed_BXQK, each
+  document's first block as its sink), topp >= 1 keeping the whole row and the
+  `max_blocks` cap are ours, because our kernels and packed batches need them; with
+  bq == bk, equal lengths, causal and none of those, the mask is theirs.
 """
 import math
 
@@ -216,15 +238,31 @@ def sparge_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topk=None,
   return mask_BHQK
 
 
-def frequency_bands(head_dim, high_freq_dims):
-  """(high, low) dim indices under rotate-half RoPE.
+def band_dims(head_dim, high_freq_dims=None, low_freq_dims=None):
+  """(high, low) band widths with the reference's defaults (64 and 96 of 128 dims:
+  half and three quarters of the head, each even); ValueError if a band is not
+  an even width in (0, head_dim]."""
+  high = head_dim // 2 if high_freq_dims is None else high_freq_dims
+  low = 2 * (3 * head_dim // 8) if low_freq_dims is None else low_freq_dims
+  for name, dims in (("high_freq_dims", high), ("low_freq_dims", low)):
+    if (head_dim % 2 or not isinstance(dims, int) or isinstance(dims, bool)
+        or dims % 2 or not 0 < dims <= head_dim):
+      raise ValueError(f"{name} must be even and in (0, head_dim={head_dim}] with an "
+                       f"even head_dim (two rotate-half bands); got {dims!r}.")
+  return high, low
+
+
+def frequency_bands(head_dim, high_freq_dims, low_freq_dims):
+  """(high, low) dim indices under rotate-half RoPE (models.layers.rope_tables).
 
   Dims i and i + K/2 share inv_freq = theta^(-2i/K), so the LOW indices of each
-  half rotate fastest: the high band is the first high_freq_dims/2 of each half.
+  half rotate fastest: the high band is the first high_freq_dims/2 of each half,
+  the low band the last low_freq_dims/2 of each half. They overlap when the
+  widths sum past K (the default 64 + 96 of 128 share dims 16-31 of each half).
   """
-  half, half_high = head_dim // 2, high_freq_dims // 2
+  half, half_high, half_low = head_dim // 2, high_freq_dims // 2, low_freq_dims // 2
   high = [*range(half_high), *range(half, half + half_high)]
-  low = [*range(half_high, half), *range(half + half_high, head_dim)]
+  low = [*range(half - half_low, half), *range(head_dim - half_low, head_dim)]
   return jnp.array(high), jnp.array(low)
 
 
@@ -232,48 +270,70 @@ def _rms(x_BHNK):
   return jnp.sqrt(jnp.mean(x_BHNK * x_BHNK, axis=(-2, -1)))
 
 
-def prism_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topp=0.95,
-               high_freq_dims=None, max_blocks=None, allowed_BXQK=None):
-  """Prism (spectral) mask: per-band pooled scores with calibrated temperatures.
+def band_temperature(pool_q_BHQK, pool_k_BHNK, band):
+  """float32 [B, H]: t = sqrt(d_band/d) (rms(q_band)/rms(q)) (rms(k_band)/rms(k)).
 
-  Mean pooling is a low-pass filter: fast-rotating RoPE dims cancel inside a
-  block, so one pooled score is dominated by the slow dims and misses local
-  "slash" patterns. Scoring the high and low bands separately, each with
-  temperature t = sqrt(d_band/d) * (rms(q_band)/rms(q)) * (rms(k_band)/rms(k))
-  (RMS over all pooled blocks and band dims, per batch and head), restores the
-  weak high band's contrast; each band keeps its own top-p set and the union,
-  plus sink and diagonal, is computed. `max_blocks` caps it as in sparge;
-  `allowed_BXQK` restricts it to blocks sharing a document, as in sparge.
+  RMS of the POOLED vectors over all blocks and dims of a (batch, head), as the
+  reference: it measures how much of the pooled energy the band kept, so dividing
+  the band's logits by t gives them the contrast of a full-width pooled score.
+  """
+  head_dim, band_dims = pool_q_BHQK.shape[-1], band.shape[0]
+  ratio_q_BH = _rms(pool_q_BHQK[..., band]) / jnp.maximum(_rms(pool_q_BHQK), _EPS)
+  ratio_k_BH = _rms(pool_k_BHNK[..., band]) / jnp.maximum(_rms(pool_k_BHNK), _EPS)
+  return math.sqrt(band_dims / head_dim) * ratio_q_BH * ratio_k_BH
+
+
+def prism_scores(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, high_freq_dims=None,
+                 low_freq_dims=None, allowed_BXQK=None):
+  """{"high", "low"}: float32 [B, H, nQ, nK] block probabilities of each band.
+
+  softmax(q_band . k_band / (sqrt(d_band) t)) over the reachable (and allowed)
+  key blocks, on block means of q and of k repeated to the query heads.
   """
   q_BLHK = jax.lax.stop_gradient(q_BLHK)
   k_BLGK = jax.lax.stop_gradient(k_BLGK)
   num_heads, head_dim = q_BLHK.shape[2], q_BLHK.shape[3]
-  high_freq_dims = head_dim // 2 if high_freq_dims is None else high_freq_dims
+  dims = band_dims(head_dim, high_freq_dims, low_freq_dims)
   num_q, num_k = q_BLHK.shape[1] // block_q, k_BLGK.shape[1] // block_k
   pool_q_BHQK = pool_blocks(q_BLHK, block_q)
   pool_k_BHNK = repeat_heads(pool_blocks(k_BLGK, block_k), num_heads)
   reachable_QK = allowed_blocks(num_q, num_k, block_q, block_k, causal, allowed_BXQK)
-  rms_q_BH, rms_k_BH = _rms(pool_q_BHQK), _rms(pool_k_BHNK)
+  probs = {}
+  for name, band in zip(("high", "low"), frequency_bands(head_dim, *dims)):
+    # Clamped so an all-zero band scores uniform instead of 0/0 (see the differences).
+    temperature_BH = jnp.maximum(band_temperature(pool_q_BHQK, pool_k_BHNK, band), _EPS)
+    scale_BH = math.sqrt(band.shape[0]) * temperature_BH
+    logits_BHQK = jnp.einsum("bhqk,bhnk->bhqn", pool_q_BHQK[..., band],
+                             pool_k_BHNK[..., band]) / scale_BH[..., None, None]
+    probs[name] = masked_softmax(logits_BHQK, reachable_QK)
+  return probs
 
-  selected_BHQK = jnp.zeros(pool_q_BHQK.shape[:2] + (num_q, num_k), bool)
-  best_probs_BHQK = jnp.zeros(selected_BHQK.shape, jnp.float32)
-  for band in frequency_bands(head_dim, high_freq_dims):
-    q_band, k_band = pool_q_BHQK[..., band], pool_k_BHNK[..., band]
-    band_dims = band.shape[0]
-    temperature_BH = (math.sqrt(band_dims / head_dim)
-                      * _rms(q_band) / jnp.maximum(rms_q_BH, _EPS)
-                      * _rms(k_band) / jnp.maximum(rms_k_BH, _EPS))
-    scale_BH = math.sqrt(band_dims) * jnp.maximum(temperature_BH, _EPS)
-    logits_BHQK = (jnp.einsum("bhqk,bhnk->bhqn", q_band, k_band)
-                   / scale_BH[..., None, None])
-    probs_BHQK = masked_softmax(logits_BHQK, reachable_QK)
-    selected_BHQK = selected_BHQK | select_blocks(probs_BHQK, topp=topp)
-    best_probs_BHQK = jnp.maximum(best_probs_BHQK, probs_BHQK)
 
+def prism_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topp=0.95,
+               high_freq_dims=None, low_freq_dims=None, max_blocks=None,
+               allowed_BXQK=None):
+  """Prism (spectral) mask: the union of each band's top-p blocks, sink and diagonal.
+
+  Mean pooling is a low-pass filter: fast-rotating RoPE dims cancel inside a
+  block, so one pooled score is dominated by the slow dims and misses local
+  "slash" patterns. Each band is scored on its own (prism_scores) with a
+  calibrated temperature that restores the weak high band's contrast, and keeps
+  its own top-p set. `max_blocks` caps it as in sparge (priority: diagonal, sink,
+  then the larger of the two band probabilities); `allowed_BXQK` restricts it to
+  blocks sharing a document, as in sparge.
+  """
+  num_q, num_k = q_BLHK.shape[1] // block_q, k_BLGK.shape[1] // block_k
+  probs = prism_scores(q_BLHK, k_BLGK, block_q=block_q, block_k=block_k, causal=causal,
+                       high_freq_dims=high_freq_dims, low_freq_dims=low_freq_dims,
+                       allowed_BXQK=allowed_BXQK)
+  selected_BHQK = (select_blocks(probs["high"], topp=topp)
+                   | select_blocks(probs["low"], topp=topp))
+  reachable_QK = allowed_blocks(num_q, num_k, block_q, block_k, causal, allowed_BXQK)
   diagonal_QK = diagonal_blocks(num_q, num_k, block_q, block_k)
   sink_QK = sink_of(reachable_QK, num_q, num_k)
   mask_BHQK = (selected_BHQK | sink_QK | diagonal_QK) & reachable_QK
   if max_blocks is not None:
+    best_probs_BHQK = jnp.maximum(probs["high"], probs["low"])
     priority = best_probs_BHQK + 4.0 * sink_QK + 8.0 * diagonal_QK
     mask_BHQK = cap_blocks(mask_BHQK, priority, max_blocks)
   return mask_BHQK

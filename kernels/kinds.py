@@ -22,7 +22,9 @@ LAYERS = ("attention", "linear")  # models.attention.Attention | models.linear_a
 ESTIMATOR_PARAMS = {
     "static": {"window_blocks": None, "sink_blocks": 0},
     "sparge": {"topk": None, "topp": None, "sim_threshold": None, "max_blocks": None},
-    "prism": {"topp": 0.95, "high_freq_dims": None, "max_blocks": None},
+    # prism band widths, None: the reference's 64 and 96 of 128 (K/2 and 3K/4).
+    "prism": {"topp": 0.95, "high_freq_dims": None, "low_freq_dims": None,
+              "max_blocks": None},
 }
 ESTIMATORS = tuple(ESTIMATOR_PARAMS)
 BLOCK_PARAMS = {"block_q": 128, "block_k": 128}

@@ -99,12 +99,12 @@ def _sparge_oracle(q, k, block_q, block_k, topk, topp):
   return out
 
 
-def _prism_oracle(q, k, block, topp, high_freq_dims):
+def _prism_oracle(q, k, block, topp, high_freq_dims, low_freq_dims):
   q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
   batch, length, heads, dim = q.shape
-  half, hh = dim // 2, high_freq_dims // 2
+  half, hh, hl = dim // 2, high_freq_dims // 2, low_freq_dims // 2
   high = np.r_[0:hh, half:half + hh]
-  low = np.r_[hh:half, half + hh:dim]
+  low = np.r_[half - hl:half, dim - hl:dim]
   n = length // block
   reach = np.tril(np.ones((n, n), bool))
   rms = lambda x: np.sqrt(np.mean(x * x))
@@ -132,17 +132,22 @@ def test_sparge_matches_oracle(topk, topp, block_q, block_k):
                                 _sparge_oracle(q, k, block_q, block_k, topk, topp))
 
 
-@pytest.mark.parametrize("high_freq_dims", [4])
-def test_prism_matches_oracle(high_freq_dims):
+@pytest.mark.parametrize("high_freq_dims,low_freq_dims", [(4, None), (None, 4)])
+def test_prism_matches_oracle(high_freq_dims, low_freq_dims):
   q, k = _qk(seed=21, batch=2, heads=2, kv_heads=2)
-  mask = _mask(q, k, "prism", block_q=16, block_k=16, topp=0.6, high_freq_dims=high_freq_dims)
-  np.testing.assert_array_equal(mask,
-                                _prism_oracle(q, k, 16, 0.6, high_freq_dims or 8))
+  mask = _mask(q, k, "prism", block_q=16, block_k=16, topp=0.6,
+               high_freq_dims=high_freq_dims, low_freq_dims=low_freq_dims)
+  np.testing.assert_array_equal(mask, _prism_oracle(q, k, 16, 0.6, high_freq_dims or 8,
+                                                    low_freq_dims or 12))
 
 
 def test_frequency_bands_take_low_indices_of_each_half_as_high_band():
-  high, low = estimators.frequency_bands(8, 4)
+  high, low = estimators.frequency_bands(8, 4, 4)
   assert list(high) == [0, 1, 4, 5] and list(low) == [2, 3, 6, 7]
+  # The reference's default widths (half and three quarters) overlap in mid dims.
+  assert estimators.band_dims(128) == (64, 96)
+  high, low = estimators.frequency_bands(8, *estimators.band_dims(8))
+  assert list(high) == [0, 1, 4, 5] and list(low) == [1, 2, 3, 5, 6, 7]
 
 
 @pytest.mark.parametrize("estimator", ["sparge", "prism"])
