@@ -182,15 +182,18 @@ class StepLoop:
     m = jax.device_get(step_metrics)
     now = time.time()
     density = float(m["attn_density"]) if "attn_density" in m else None
+    pv_skip = float(m["attn_pv_skip"]) if "attn_pv_skip" in m else None
     # Sparse kinds: the interval since the last record is charged at the density
-    # measured now (the count for the kind actually used, not the dense bound).
-    self.flops += (step - self.last_step) * tokens * models.flops_per_token(cfg, density)
+    # (and stage-2 skip) measured now: the count for what the kernels computed.
+    self.flops += (step - self.last_step) * tokens * models.flops_per_token(
+        cfg, density, pv_skip)
     record = {"step": step, "tokens": step * tokens, "flops": self.flops,
               "loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
               "tokens_per_sec": (step - self.last_step) * tokens / max(now - self.last_time, 1e-9),
               "wall_seconds": self.base_wall + now - self.wall0}
-    if density is not None:
-      record["attn_density"] = density
+    for name in ("attn_density", "attn_pv_skip", "attn_distill"):
+      if name in m:
+        record[name] = float(m[name])
     if not bool(m["finite"]):
       self.writer.write(record)
       raise _Diverged(record)

@@ -91,19 +91,27 @@ def build(cfg, mesh):
 
   separator = packing.separator_id(cfg)
 
+  distill_weight = float(cfg.attention.get("distill_weight", 0.0))
+
   def loss_fn(params, batch_BL):
-    """(loss, aux): aux holds the mean attention density of the sparse layers."""
+    """(objective, aux): aux["loss"] is the cross-entropy; aux also holds the sparse
+    layers' mean attn_density / attn_pv_skip / attn_distill. The objective adds
+    distill_weight x attn_distill (SpargeAttention2's distillation)."""
     model = nnx.merge(graphdef, nnx.State(params))
     inputs_BL = batch_BL[:, :-1]
     logits_BLV = model(inputs_BL, **packing.model_inputs(inputs_BL, separator))
-    densities = jax.tree.leaves(nnx.pop(model, nnx.Intermediate))
-    aux = {"attn_density": jnp.mean(jnp.stack(densities))} if densities else {}
-    return cross_entropy(logits_BLV, batch_BL[:, 1:]), aux
+    aux = models.attention_stats(nnx.pop(model, nnx.Intermediate))
+    aux["loss"] = cross_entropy(logits_BLV, batch_BL[:, 1:])
+    objective = aux["loss"]
+    if "attn_distill" in aux:
+      objective = objective + distill_weight * aux["attn_distill"]
+    return objective, aux
 
   def train_step(state, batch_BL):
     with parallel.activate(mesh, rules):
-      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
           state["params"], batch_BL)
+    loss = aux.pop("loss")
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.global_norm(grads)
@@ -113,7 +121,7 @@ def build(cfg, mesh):
 
   def eval_step(params, batch_BL):
     with parallel.activate(mesh, rules):
-      return loss_fn(params, batch_BL)[0]
+      return loss_fn(params, batch_BL)[1]["loss"]
 
   return Program(
       graphdef=graphdef, tx=tx, lr=lr, mesh=mesh, rules=rules,

@@ -4,13 +4,16 @@ value and a valid alternative, before anything is written.
 Each valid set is imported from the module that uses it, so the checks cannot
 drift from what the model, kernels and optimizer accept.
 """
+import math
 import os
 
 import kernels
 from experiments import packing
 from experiments.optimizer import SCHEDULES
+from kernels import pv_skip
 from kernels.linear_reference import FEATURE_MAPS
 from kernels.sparse import ESTIMATORS
+from models import thresholds
 from models.attention import SPARSE_KINDS, layer_kinds
 from models.layout import PARAMETRIZATIONS
 from models.parametrization import DEPTH_SCALINGS, check as check_parametrization
@@ -121,6 +124,27 @@ def _check_attention(cfg):
         hint = f"e.g. {key}={fits[0]}" if fits else "or choose seq_len divisible by it"
         raise ValueError(f"{key} {block} does not divide seq_len {cfg.seq_len} (sparse "
                          f"attention tiles the sequence into blocks); {hint}.")
+  _check_sparse_training(cfg, kinds)
+
+
+def _check_sparse_training(cfg, kinds):
+  """Stage 2, calibrated thresholds and distillation act only on block kinds."""
+  a, sparse = cfg.attention, [k for k in kinds if k in SPARSE_KINDS]
+  if a.get("pv_threshold") is not None:
+    pv_skip.check_pv_threshold(a.pv_threshold)  # its message names the key's meaning
+  distill = a.get("distill_weight", 0.0)
+  if not (isinstance(distill, (int, float)) and math.isfinite(distill) and distill >= 0):
+    raise ValueError(f"attention.distill_weight {distill!r} must be a finite number >= 0.")
+  for key, on in (("attention.distill_weight", distill > 0),
+                  ("attention.pv_threshold", a.get("pv_threshold") is not None),
+                  ("attention.thresholds", bool(a.get("thresholds")))):
+    if on and not sparse:
+      raise ValueError(f"{key} acts on block-sparse layers (kinds {sorted(SPARSE_KINDS)}) "
+                       f"but the model has none ({sorted(set(kinds))}); unset it or make "
+                       "attention.kind / attention.pattern sparse.")
+  if a.get("thresholds"):
+    thresholds.check(a.thresholds, depth=cfg.model.depth, kinds_per_layer=kinds,
+                     estimator=a.estimator, block_q=a.block_q, block_k=a.block_k)
 
 
 def _check_packing(cfg):

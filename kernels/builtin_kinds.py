@@ -33,8 +33,13 @@ def block_scores(cfg, density=None):
   return rho * reachable * bq * bk / L
 
 
-def sparse_flops(cfg, head_dim, density=None):
-  return softmax_flops(cfg, head_dim, block_scores(cfg, density))
+def sparse_flops(cfg, head_dim, density=None, pv_skip=None):
+  """Kept tiles' scores and softmax; P.V (2K per score) only on tiles stage 2 kept
+  (pv_skip: the skipped share of reachable tiles, kernels.pv_skip)."""
+  full = softmax_flops(cfg, head_dim, block_scores(cfg, density))
+  if not pv_skip:
+    return full
+  return full - cfg.model.heads * 2 * head_dim * block_scores(cfg, pv_skip)
 
 
 def linear_flops(cfg, head_dim, density=None):

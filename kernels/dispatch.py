@@ -89,12 +89,14 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, segment
   """Attention over [batch, seq, heads, head_dim] tensors; returns o_BLHK.
 
   A kind with an estimator also takes what its `estimate` returned for these
-  q, k (e.g. `mask_BHQK`), so the mask is computed once per layer and step.
+  q, k (e.g. `mask_BHQK`), so the mask is computed once per layer and step, and
+  `return_skipped=True`: then it returns (o_BLHK, skipped_BHQK), the tiles whose
+  P.V product stage 2 skipped (kernels.pv_skip; all False without pv_threshold).
   segment_ids_BL (int [B, L], optional): document masking of a packed batch, a
   token attends only to keys with its segment id (kinds registered segments=True).
   """
   spec = kinds.get(kind)
-  check_params(spec, params, extra=("mask_BHQK",) if spec.estimate else ())
+  check_params(spec, params, extra=("mask_BHQK", "return_skipped") if spec.estimate else ())
   _check_shapes(q_BLHK, k_BLGK, v_BLGK)
   impl = resolve_impl(impl, kind)
   if segment_ids_BL is not None:

@@ -6,11 +6,15 @@ query block (a static bound N), not to L^2. Differentiable by plain autodiff
 """
 import math
 
+import jax
 import jax.numpy as jnp
+
+from kernels import pv_skip
 
 
 def gathered_attention(q_BLHK, k_BLGK, v_BLGK, kv_index_XYQN, kv_count_XYQ, *,
-                       block_q, block_k, causal=True, segment_ids_BL=None):
+                       block_q, block_k, causal=True, segment_ids_BL=None,
+                       pv_threshold=None, return_skipped=False):
   """Softmax attention over the listed key blocks of every query block.
 
   `kv_index_XYQN` (int, [B or 1, H or 1, nQ, N]) lists N key blocks per query
@@ -18,6 +22,9 @@ def gathered_attention(q_BLHK, k_BLGK, v_BLGK, kv_index_XYQN, kv_count_XYQ, *,
   mean one list shared by all (static masks), which avoids a per-head gather.
   segment_ids_BL (int [B, L], optional): a query attends only to keys of its own
   segment (packed documents). Computes in float32 and returns q's dtype.
+  pv_threshold: stage 2 (kernels.pv_skip): a listed tile whose scores are negligible
+  against the running max over the earlier slots (ascending, as the kernels visit
+  them) drops out of the numerator. return_skipped: also return skipped_BHQK.
   """
   out_dtype = q_BLHK.dtype
   batch, length, num_heads, head_dim = q_BLHK.shape
@@ -65,10 +72,31 @@ def gathered_attention(q_BLHK, k_BLGK, v_BLGK, kv_index_XYQN, kv_count_XYQ, *,
   row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
   weights = jnp.exp(logits - row_max)
   total = jnp.sum(weights, axis=(-2, -1), keepdims=True)
+  skipped_XGRQN = None
+  if pv_threshold is not None:
+    m_local = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # [B, G, R, nQ, bq, N]
+    m_run = jax.lax.cummax(m_local, axis=m_local.ndim - 1)
+    skipped_XGRQN = pv_skip.skip_tiles(m_local, m_run, live_slot, pv_threshold)
+    weights = weights * ~skipped_XGRQN[..., None, :, None]
   probs = weights / jnp.where(total == 0, 1.0, total)
   out_BGRQIK = jnp.einsum(f"bgrqinj,{kv_spec}->bgrqik", probs, v_gathered)
   out_BLHK = out_BGRQIK.transpose(0, 3, 4, 1, 2, 5).reshape(batch, length, num_heads, head_dim)
-  return out_BLHK.astype(out_dtype)
+  out_BLHK = out_BLHK.astype(out_dtype)
+  if not return_skipped:
+    return out_BLHK
+  shape_BHQN = (batch, num_heads, num_q, num_slots)
+  if skipped_XGRQN is None:
+    return out_BLHK, jnp.zeros(shape_BHQN[:3] + (num_k,), bool)
+  index_BHQN = jnp.broadcast_to(index_XGRQN, skipped_XGRQN.shape).reshape(
+      skipped_XGRQN.shape[:1] + (-1,) + shape_BHQN[2:])
+  skipped_BHQN = skipped_XGRQN.reshape(index_BHQN.shape)
+  return out_BLHK, _slots_to_blocks(skipped_BHQN, index_BHQN, num_k, shape_BHQN)
+
+
+def _slots_to_blocks(skipped_XYQN, index_XYQN, num_k, shape_BHQN):
+  """bool [B, H, nQ, nK] from per-slot flags (padded slots are never skipped)."""
+  hits = jax.nn.one_hot(index_XYQN, num_k, dtype=bool) & skipped_XYQN[..., None]
+  return jnp.broadcast_to(jnp.any(hits, axis=-2), shape_BHQN[:3] + (num_k,))
 
 
 def _same_segment(segment_ids_BL, index_XGRQN, num_q, block_q, block_k):

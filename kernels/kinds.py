@@ -28,11 +28,14 @@ ESTIMATOR_PARAMS = {
 }
 ESTIMATORS = tuple(ESTIMATOR_PARAMS)
 BLOCK_PARAMS = {"block_q": 128, "block_k": 128}
+# SpargeAttn's stage 2 (kernels.pv_skip), taken by every block kind: skip a kept
+# tile's P.V when its scores sit more than -pv_threshold below the running max.
+STAGE2_PARAMS = {"pv_threshold": None}
 
 
 def estimator_params(*estimators):
-  """Block sizes plus every parameter of these estimators, with defaults."""
-  params = dict(BLOCK_PARAMS)
+  """Block sizes, stage 2 and every parameter of these estimators, with defaults."""
+  params = {**BLOCK_PARAMS, **STAGE2_PARAMS}
   for name in estimators:
     params.update({k: v for k, v in ESTIMATOR_PARAMS[name].items() if k not in params})
   return params

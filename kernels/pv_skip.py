@@ -101,3 +101,15 @@ def skipped_fraction(skipped_BHQK, mask_BHQK):
   """float32 []: skipped tiles over kept tiles (0 when nothing is kept)."""
   kept = jnp.sum(jnp.broadcast_to(mask_BHQK, skipped_BHQK.shape), dtype=jnp.float32)
   return jnp.sum(skipped_BHQK, dtype=jnp.float32) / jnp.maximum(kept, 1.0)
+
+
+def skipped_density(skipped_BHQK, *, block_q, block_k, causal=True):
+  """float32 []: tiles whose P.V stage 2 skipped, as a fraction of the causally
+  reachable tiles (the density's denominator: P.V runs on density - this)."""
+  num_q, num_k = skipped_BHQK.shape[-2:]
+  if causal:
+    reachable = block_mask_lib.causal_blocks(num_q, num_k, block_q, block_k).sum()
+  else:
+    reachable = num_q * num_k
+  rows = skipped_BHQK.shape[0] * skipped_BHQK.shape[1]
+  return jnp.sum(skipped_BHQK, dtype=jnp.float32) / (rows * reachable)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels import block_mask_lib
-from kernels import dense, estimators, kinds
+from kernels import dense, estimators, kinds, pv_skip
 from kernels.gathered import gathered_attention
 from kernels.kinds import ESTIMATOR_PARAMS, ESTIMATORS  # noqa: F401  (importers use these)
 
@@ -194,10 +194,12 @@ def _list_bound(mask, is_static, estimator, block_q, block_k, causal, head_dim, 
 
 
 def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mask_BHQK=None,
-                      segment_ids_BL=None, **params):
+                      segment_ids_BL=None, pv_threshold=None, return_skipped=False,
+                      **params):
   _check_geometry(q, k, block_q, block_k)
   if impl not in ("pallas", "xla", "reference"):
     raise ValueError(f"block-sparse attention has impls 'pallas', 'xla', 'reference'; got {impl!r}.")
+  pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
   if mask_BHQK is not None:  # estimated once by the caller (see the module docstring)
     mask, is_static = mask_BHQK, False
     allowed = _segment_blocks(segment_ids_BL, block_q, block_k)
@@ -207,20 +209,40 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
     mask, is_static = _estimate(q, k, estimator, block_q, block_k, causal, params,
                                 segment_ids_BL)
   seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
+  stage2 = {} if pv_threshold is None else {"pv_threshold": pv_threshold}
   if impl == "pallas":
     # Imported here so the XLA/reference paths work without the kernel module.
     from kernels.block_sparse import block_sparse_attention
     lists = block_mask_lib.from_mask(mask, block_q=block_q, block_k=block_k, causal=causal)
-    return block_sparse_attention(q, k, v, lists, causal=causal, **seg)
+    if return_skipped:
+      stage2["return_skipped"] = True
+    return block_sparse_attention(q, k, v, lists, causal=causal, **seg, **stage2)
   bound = _list_bound(mask, is_static, estimator, block_q, block_k, causal, q.shape[3], params)
   if impl == "reference" or bound >= mask.shape[-1]:
-    mask_BHQK = block_mask_lib.expand_to_tokens(mask, block_q, block_k)
-    if segment_ids_BL is not None:
-      mask_BHQK = mask_BHQK & block_mask_lib.segment_mask_tokens(segment_ids_BL)
-    return dense.reference_attention(q, k, v, causal=causal, mask_BHQK=mask_BHQK)
+    return _masked_dense(q, k, v, mask, block_q, block_k, causal, segment_ids_BL,
+                         pv_threshold, return_skipped)
   index_XYQN, count_XYQ = block_mask_lib.active_lists(mask)
   return gathered_attention(q, k, v, index_XYQN[..., :bound], count_XYQ,
-                            block_q=block_q, block_k=block_k, causal=causal, **seg)
+                            block_q=block_q, block_k=block_k, causal=causal, **seg,
+                            **stage2, return_skipped=return_skipped)
+
+
+def _masked_dense(q, k, v, mask, block_q, block_k, causal, segment_ids_BL, pv_threshold,
+                  return_skipped):
+  """The reference: dense attention with the block mask expanded to tokens."""
+  if pv_threshold is not None:
+    o, skipped = pv_skip.reference_attention(
+        q, k, v, mask, block_q=block_q, block_k=block_k, causal=causal,
+        segment_ids_BL=segment_ids_BL, pv_threshold=pv_threshold)
+    return (o, skipped) if return_skipped else o
+  mask_BHQK = block_mask_lib.expand_to_tokens(mask, block_q, block_k)
+  if segment_ids_BL is not None:
+    mask_BHQK = mask_BHQK & block_mask_lib.segment_mask_tokens(segment_ids_BL)
+  o = dense.reference_attention(q, k, v, causal=causal, mask_BHQK=mask_BHQK)
+  if not return_skipped:
+    return o
+  batch, num_heads = q.shape[0], q.shape[2]
+  return o, jnp.zeros((batch, num_heads) + mask.shape[2:], bool)
 
 
 def block_sparse(q, k, v, *, impl, causal, estimator="static", block_q=128, block_k=128,
@@ -238,8 +260,9 @@ def spectral(q, k, v, *, impl, causal, block_q=128, block_k=128, **params):
 
 
 def _estimate_once(q, k, causal, estimator, params, segment_ids_BL):
+  mask_params = {n: v for n, v in params.items() if n not in kinds.STAGE2_PARAMS}
   mask = block_mask(q, k, estimator=estimator, causal=causal, segment_ids_BL=segment_ids_BL,
-                    **params)
+                    **mask_params)
   if estimator == "static" and segment_ids_BL is None:
     return mask.density, params
   return mask.density, {**params, "mask_BHQK": mask.mask_BHQK}

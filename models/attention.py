@@ -1,11 +1,12 @@
 """Grouped-query self-attention whose core is `kernels.attention` (any kind of layer
 "attention" in the registry, kernels.kinds)."""
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import kinds
+from kernels import kinds, pv_skip
 import parallel
-from models import parametrization
+from models import parametrization, thresholds
 from models import unit_scaling as U
 from models.layers import apply_rope, param
 from models.layout import head_dim, layer_kinds  # noqa: F401  (layer_kinds: re-export)
@@ -28,30 +29,73 @@ def kind_params(attn_cfg, kind):
   if spec.estimators:
     chosen = attn_cfg.get("estimator") if len(spec.estimators) > 1 else None
     estimator = chosen or spec.estimators[0]
-    own = ("estimator", *kinds.BLOCK_PARAMS, *kinds.ESTIMATOR_PARAMS.get(estimator, ()))
+    own = ("estimator", *kinds.BLOCK_PARAMS, *kinds.STAGE2_PARAMS,
+           *kinds.ESTIMATOR_PARAMS.get(estimator, ()))
     keys = [k for k in keys if k in own]
   return {key: attn_cfg[key] for key in keys if key in attn_cfg and attn_cfg[key] is not None}
 
 
-def attend(q_BLHK, k_BLGK, v_BLGK, spec, impl, params, sow, segment_ids_BL=None):
+def attend(q_BLHK, k_BLGK, v_BLGK, spec, impl, params, sow, segment_ids_BL=None,
+           distill=False):
   """The kind's core under the active mesh; a kind with an estimator runs it once
   here, sows the density ("attn_density") and hands the kernel its result.
-  segment_ids_BL: document masking of a packed batch (estimator and kernel)."""
+  segment_ids_BL: document masking of a packed batch (estimator and kernel).
+  With pv_threshold (stage 2) it sows the skipped tiles' share of the reachable
+  ones ("attn_pv_skip"); with distill the distance to dense attention on the
+  same q, k, v ("attn_distill", see distill_distance)."""
   seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
   estimate = spec.estimate_fn()
   if estimate is not None:
     density, params = estimate(q_BLHK, k_BLGK, causal=True, **params, **seg)
     sow(nnx.Intermediate, "attn_density", density)
+  stage2 = params.get("pv_threshold") is not None
   # Under a multi-device mesh the kernel runs per device inside shard_map.
-  return parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=spec.name, impl=impl,
-                            causal=True, **params, **seg)
+  o_BLHK = parallel.attention(q_BLHK, k_BLGK, v_BLGK, kind=spec.name, impl=impl,
+                              causal=True, **params, **seg,
+                              **({"return_skipped": True} if stage2 else {}))
+  if stage2:
+    o_BLHK, skipped_BHQK = o_BLHK
+    blocks = {n: params.get(n, spec.params[n]) for n in kinds.BLOCK_PARAMS}
+    sow(nnx.Intermediate, "attn_pv_skip", pv_skip.skipped_density(
+        skipped_BHQK, block_q=blocks["block_q"], block_k=blocks["block_k"]))
+  if distill:
+    sow(nnx.Intermediate, "attn_distill",
+        distill_distance(o_BLHK, q_BLHK, k_BLGK, v_BLGK, impl, seg))
+  return o_BLHK
+
+
+def distill_distance(o_BLHK, q_BLHK, k_BLGK, v_BLGK, impl, seg):
+  """|o - sg(o_dense)|^2 / |sg(o_dense)|^2 over the layer's batch (scale-free, so one
+  weight serves every width). o_dense: exact dense attention on the same inputs
+  by the layer's impl (flash on accelerators), never differentiated."""
+  q, k, v = (jax.lax.stop_gradient(x) for x in (q_BLHK, k_BLGK, v_BLGK))
+  dense_BLHK = jax.lax.stop_gradient(parallel.attention(
+      q, k, v, kind="dense", impl=impl, causal=True, **seg)).astype(jnp.float32)
+  error = jnp.sum(jnp.square(o_BLHK.astype(jnp.float32) - dense_BLHK))
+  return error / jnp.maximum(jnp.sum(jnp.square(dense_BLHK)), 1e-30)
+
+
+def attention_stats(intermediates):
+  """{name: mean over layers} of the sown attention statistics (attn_density,
+  attn_pv_skip, attn_distill) in a popped nnx.Intermediate state."""
+  grouped = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+    names = [getattr(key, "key", getattr(key, "name", None)) for key in path]
+    name = next(n for n in reversed(names) if isinstance(n, str) and n.startswith("attn_"))
+    grouped.setdefault(name, []).append(value)
+  return {name: jnp.mean(jnp.stack(values)) for name, values in grouped.items()}
 
 
 class Attention(nnx.Module):
-  def __init__(self, cfg, kind, *, rngs, std, out_std):
-    m = cfg.model
-    self.kind, self.impl = kind, cfg.attention.impl
-    self.params = kind_params(cfg.attention, kind)
+  def __init__(self, cfg, kind, *, rngs, std, out_std, layer=0):
+    m, a = cfg.model, cfg.attention
+    self.kind, self.impl = kind, a.impl
+    self.params = kind_params(a, kind)
+    block_kind = kind in SPARSE_KINDS
+    if block_kind and a.get("thresholds"):  # calibrated per layer (experiments.calibrate)
+      self.params.update(thresholds.layer_params(a.thresholds, layer))
+    # SpargeAttention2's distillation towards dense attention (experiments.state adds it).
+    self.distill = block_kind and a.get("distill_weight", 0.0) > 0
     self.heads, self.kv_heads, self.head_dim = m.heads, m.kv_heads, head_dim(m)
     # muP's 1/K attention logits (parametrization.ATTENTION_POWER): the kernels scale
     # by 1/sqrt(K), so q carries the rest.
@@ -80,7 +124,7 @@ class Attention(nnx.Module):
     if self.capture:
       self.sow(Captured, "attn_inputs", (q_BLHK, k_BLGK, v_BLGK, segment_ids_BL))
     o_BLHK = attend(q_BLHK, k_BLGK, v_BLGK, kinds.get(self.kind), self.impl,
-                    self.params, self.sow, segment_ids_BL)
+                    self.params, self.sow, segment_ids_BL, distill=self.distill)
     o_BLHK = parallel.constrain(o_BLHK, ("batch", "length", "heads", "head_dim"))
     if unit:  # block kinds too: at init they keep (nearly) every reachable key
       scale = U.attention_out_scale(self.softmax_mult, self.head_dim, x_BLD.shape[1])

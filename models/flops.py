@@ -38,12 +38,27 @@ def count_params(cfg):
   return {"total": total, "non_embedding": total - embedding - head}
 
 
-def attention_core_flops_per_token(kind, cfg, density=None):
-  """Forward FLOPs per token of the attention core (everything but projections)."""
-  return kinds.get(kind).flops(cfg, head_dim(cfg.model), density)
+def attention_core_flops_per_token(kind, cfg, density=None, pv_skip=None):
+  """Forward FLOPs per token of the attention core (everything but projections).
+  pv_skip: stage 2's skipped share of reachable tiles (block kinds only)."""
+  spec = kinds.get(kind)
+  if pv_skip is not None and spec.estimators:
+    return spec.flops(cfg, head_dim(cfg.model), density, pv_skip=pv_skip)
+  return spec.flops(cfg, head_dim(cfg.model), density)
 
 
-def flops_breakdown(cfg, density=None):
+def distill_flops_per_token(cfg):
+  """attention.distill_weight > 0: each block-kind layer also runs dense attention
+  forward (the target; no backward through it) and the distance (4 per element)."""
+  a, m = cfg.attention, cfg.model
+  if not a.get("distill_weight", 0.0):
+    return 0
+  sparse = [k for k in pattern_kinds(cfg) if kinds.get(k).estimators]
+  per_layer = kinds.get("dense").flops(cfg, head_dim(m)) + 4 * m.heads * head_dim(m)
+  return len(sparse) * per_layer
+
+
+def flops_breakdown(cfg, density=None, pv_skip=None):
   """Forward FLOPs per token by part, summed over layers."""
   m = cfg.model
   D, H, G, K, F, V = m.width, m.heads, m.kv_heads, head_dim(m), m.mlp_width, m.vocab_size
@@ -51,12 +66,14 @@ def flops_breakdown(cfg, density=None):
   return {
       "embed": 2 * V * D,
       "attn_proj": len(layers) * 2 * D * (2 * H * K + 2 * G * K),
-      "attn_core": sum(attention_core_flops_per_token(k, cfg, density) for k in layers),
+      "attn_core": sum(attention_core_flops_per_token(k, cfg, density, pv_skip)
+                       for k in layers),
       "mlp": len(layers) * 2 * 3 * D * F,
       "head": 2 * D * V,
   }
 
 
-def flops_per_token(cfg, density=None):
-  """Training FLOPs per token (forward + backward = 3x forward)."""
-  return 3 * sum(flops_breakdown(cfg, density).values())
+def flops_per_token(cfg, density=None, pv_skip=None):
+  """Training FLOPs per token (forward + backward = 3x forward, plus distillation's
+  forward-only dense target)."""
+  return 3 * sum(flops_breakdown(cfg, density, pv_skip).values()) + distill_flops_per_token(cfg)

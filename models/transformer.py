@@ -35,7 +35,9 @@ class Block(nnx.Module):
     m = cfg.model
     norm_scale, unit = P.init_scale(m, "vector", 1.0), P.is_unit(m)
     self.attn_norm = RMSNorm(m.width, eps=m.norm_eps, scale=norm_scale, unit=unit)
-    self.attn = LAYERS[kinds.get(kind).layer](cfg, kind, rngs=rngs, std=std, out_std=out_std)
+    layer = kinds.get(kind).layer
+    where = {"layer": index} if layer == "attention" else {}  # per-layer thresholds
+    self.attn = LAYERS[layer](cfg, kind, rngs=rngs, std=std, out_std=out_std, **where)
     self.mlp_norm = RMSNorm(m.width, eps=m.norm_eps, scale=norm_scale, unit=unit)
     self.mlp = SwiGLU(m.width, m.mlp_width, rngs=rngs, std=std, out_std=out_std,
                       unit=_swiglu_unit(m))

@@ -66,7 +66,8 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
   log_decay [B, L, H]) are split like q; a block mask `mask_BHQK` [B, H, nQ, nK]
   (estimated once, outside) like q's batch and the heads each device attends
   to; segment ids [B, L] like q's batch and sequence (gathered to whole sequences
-  on each device); other parameters pass through as is.
+  on each device); other parameters pass through as is. With return_skipped the
+  stage-2 map [B, H, nQ, nK] comes back split like the mask.
   Outside `parallel.activate` or on one device this is `kernels.attention`.
   """
   mesh = rules_lib.active_mesh()
@@ -103,6 +104,9 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
                          *([None] * (ndim - 3)))
 
   seq_axis = _entry(seq_axes)
+  return_skipped = static.get("return_skipped", False)
+  # [B, H, ...] outputs per device: batch as q, heads split over tensor, then sequence.
+  heads_spec = PartitionSpec(_entry(batch_axes), _entry(head_axes + seq_axes), None, None)
 
   def seq_to_heads(x):
     return jax.lax.all_to_all(x, seq_axis, split_axis=2, concat_axis=1, tiled=True)
@@ -121,21 +125,23 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
       arrays = [seq_to_heads(a) for a in arrays]
     o = kernels.attention(q, k, v, kind=kind, impl=impl, causal=causal,
                           **local_static, **dict(zip(names, arrays)))
+    o, skipped = o if return_skipped else (o, None)
     if seq_axes:
       o = jax.lax.all_to_all(o, seq_axis, split_axis=1, concat_axis=2, tiled=True)
-    return o
+    return (o, skipped) if return_skipped else o
 
   arrays = [per_head[n] for n in names]
   in_specs = (spec_of(4),) * 3 + tuple(spec_of(a.ndim) for a in arrays)
   if mask is not None:
     # After the all-to-all a device holds heads split over tensor, then sequence.
     arrays.append(mask)
-    in_specs += (PartitionSpec(_entry(batch_axes), _entry(head_axes + seq_axes), None, None),)
+    in_specs += (heads_spec,)
   if segments is not None:  # [B, L]: split like q's batch and sequence
     arrays.append(segments)
     in_specs += (PartitionSpec(_entry(batch_axes), seq_axis),)
   # check_vma=False: kernels (pallas_call, custom_vjp) are opaque to the
   # replication checker; every output dim is covered by out_specs anyway.
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec_of(4),
+  out_specs = (spec_of(4), heads_spec) if return_skipped else spec_of(4)
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                           check_vma=False)
   return sharded(q_BLHK, k_BLGK, v_BLGK, *arrays)

@@ -93,6 +93,7 @@ def _attention():
   c.topp = placeholder(float)
   c.sim_threshold = placeholder(float)
   c.high_freq_dims = placeholder(int)
+  c.low_freq_dims = placeholder(int)  # prism's low band (None: 3/4 of head_dim, as Prism)
   c.max_blocks = placeholder(int)  # xla sparse path: static bound on kept blocks per row
   c.pv_threshold = placeholder(float)  # SpargeAttn stage 2 lambda (<= 0; kernels/pv_skip.py)
   c.thresholds = ""         # per-layer estimator params from `python -m experiments.calibrate`

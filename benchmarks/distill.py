@@ -1,0 +1,77 @@
+"""Does SpargeAttention2's distillation close the sparse-dense gap? Three short runs.
+
+Trains, on the same data and seeds: a dense model; the same model with block-sparse
+attention (sparge, top-k) and no distillation; and the sparse model with
+`attention.distill_weight` > 0 (each sparse layer pulled towards dense attention on
+its own q, k, v). Optionally every arm starts from a dense checkpoint (--init_from,
+SpargeAttention2's fine-tuning setting). Prints the eval-loss curves and the gap
+
+    gap = eval_loss(sparse arm) - eval_loss(dense)
+
+at each eval step; distillation helps when its gap is the smaller one. Each arm is
+`python -m experiments.train` in its own workdir under --out (rerunning resumes).
+
+  .venv/bin/python benchmarks/distill.py --out=runs/distill
+"""
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+_OUT = flags.DEFINE_string("out", "runs/distill", "Directory of the three runs.")
+_STEPS = flags.DEFINE_integer("steps", 300, "Training steps per arm.")
+_WEIGHT = flags.DEFINE_float("weight", 1.0, "attention.distill_weight of the distilled arm.")
+_TOPK = flags.DEFINE_float("topk", 0.2, "sparge top-k fraction of the sparse arms.")
+_BLOCK = flags.DEFINE_integer("block", 16, "block_q = block_k of the sparse arms.")
+_SETTINGS = flags.DEFINE_list(
+    "set", ["data.corpus=pystdlib", "seq_len=256", "batch_size=16", "model.width=128",
+            "model.depth=2", "model.heads=4", "model.kv_heads=2", "model.mlp_width=384",
+            "optimizer.lr=3e-3", "optimizer.warmup_steps=30", "eval_every=50",
+            "log_every=50", "checkpoint_every=1000", "wandb.mode=disabled"],
+    "KEY=VALUE config overrides shared by every arm.")
+
+
+def _arms():
+  sparse = [f"attention.kind=block_sparse", "attention.estimator=sparge",
+            f"attention.topk={_TOPK.value}", f"attention.block_q={_BLOCK.value}",
+            f"attention.block_k={_BLOCK.value}"]
+  return {"dense": [], "sparse": sparse,
+          "sparse+distill": sparse + [f"attention.distill_weight={_WEIGHT.value}"]}
+
+
+def _train(name, overrides):
+  workdir = os.path.join(_OUT.value, name.replace("+", "_"))
+  cmd = [sys.executable, "-m", "experiments.train",
+         "--config=experiments/configs/lm.py:tiny", f"--workdir={workdir}",
+         f"--config.steps={_STEPS.value}"]
+  cmd += [f"--config.{kv}" for kv in list(_SETTINGS.value) + overrides]
+  print(" ".join(cmd), flush=True)
+  subprocess.run(cmd, check=True)
+  return workdir
+
+
+def _curve(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return {r["step"]: r for r in records if "eval_loss" in r}
+
+
+def main(argv):
+  del argv
+  curves = {name: _curve(_train(name, o)) for name, o in _arms().items()}
+  steps = sorted(set.intersection(*(set(c) for c in curves.values())))
+  print(f"\n{'step':>6} {'dense':>8} {'sparse':>8} {'+distill':>9} {'gap':>8} "
+        f"{'gap+distill':>12} {'density':>8} {'distance':>9} {'distance+d':>10}")
+  for step in steps:
+    d, s, sd = (curves[n][step] for n in ("dense", "sparse", "sparse+distill"))
+    print(f"{step:>6} {d['eval_loss']:>8.4f} {s['eval_loss']:>8.4f} {sd['eval_loss']:>9.4f} "
+          f"{s['eval_loss'] - d['eval_loss']:>8.4f} {sd['eval_loss'] - d['eval_loss']:>12.4f} "
+          f"{s.get('attn_density', float('nan')):>8.3f} "
+          f"{s.get('attn_distill', float('nan')):>9.4f} "
+          f"{sd.get('attn_distill', float('nan')):>10.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
