@@ -13,18 +13,28 @@ Document masking: `segment_ids_BL` (int32 [B, L]) lets query i see key j only
 when their ids are equal. The block mask is intersected with the blocks that
 may share a segment (cross-document tiles are skipped, never loaded), and the
 kernels mask every computed tile elementwise, so ids need not be sorted.
+
+SpargeAttn's stage 2: `pv_threshold` (lambda <= 0) also skips the P.V product
+of kept tiles whose scores are negligible (the rule and oracle: kernels.pv_skip);
+`return_skipped=True` returns which tiles were skipped. None: kernels unchanged.
 """
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels import block_mask_lib, flash_lists, sparse_flash_gpu, sparse_flash_tpu
+from kernels import (block_mask_lib, flash_lists, pv_skip, sparse_flash_gpu,
+                     sparse_flash_tpu, sparse_flash_tpu_bwd)
 from kernels.block_mask_lib import BlockMask
 from kernels.platform import resolve_platform
 
-_BACKENDS = {"tpu": sparse_flash_tpu, "cuda": sparse_flash_gpu}
+_BACKENDS = {
+    "tpu": types.SimpleNamespace(forward=sparse_flash_tpu.forward,
+                                 backward=sparse_flash_tpu_bwd.backward),
+    "cuda": sparse_flash_gpu,
+}
 
 
 def _valid_blocks(seq_len, platform, interpret):
@@ -109,41 +119,130 @@ def _sparse_flash_bwd(platform, interpret, residuals, do_BLHK):
 _sparse_flash.defvjp(_sparse_flash_fwd, _sparse_flash_bwd)
 
 
+# Stage 2 (pv_threshold): the forward also returns which tiles' P.V it skipped.
+# The backward treats those decisions as constants and walks two list sets: the
+# computed tiles with the usual kernels, the skipped ones with their "skipped"
+# variant (dS = -P * delta, nothing to dv); the partial gradients are summed.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _sparse_flash_pv(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret,
+                     pv_threshold):
+  o_BLHK, _, skipped_BHQK = _BACKENDS[platform].forward(
+      q_BLHK, k_BLGK, v_BLGK, lists, **_segment_kwargs(segment_ids_BL),
+      interpret=interpret, pv_threshold=pv_threshold)
+  return o_BLHK, skipped_BHQK
+
+
+def _sparse_flash_pv_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
+                         interpret, pv_threshold):
+  o_BLHK, lse, skipped_BHQK = _BACKENDS[platform].forward(
+      q_BLHK, k_BLGK, v_BLGK, lists, **_segment_kwargs(segment_ids_BL),
+      interpret=interpret, pv_threshold=pv_threshold)
+  residuals = (q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL, skipped_BHQK)
+  return (o_BLHK, skipped_BHQK), residuals
+
+
+def _sparse_flash_pv_bwd(platform, interpret, pv_threshold, residuals, cotangents):
+  del pv_threshold  # the decisions are in the residual skip map
+  q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL, skipped_BHQK = residuals
+  do_BLHK, _ = cotangents  # the skip map has no gradient
+  computed, skipped = split_lists(lists, skipped_BHQK, segment_ids_BL is not None)
+  dq, dk, dv = _BACKENDS[platform].backward(
+      q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, do_BLHK, computed, interpret=interpret,
+      skipped_lists=skipped, **_segment_kwargs(segment_ids_BL))
+  no_grad = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0),
+                         (lists, segment_ids_BL))
+  return dq, dk, dv, *no_grad
+
+
+_sparse_flash_pv.defvjp(_sparse_flash_pv_fwd, _sparse_flash_pv_bwd)
+
+
+def listed_tiles(lists, batch, num_heads):
+  """bool [B, H, nQ, nK]: the tiles the kv lists visit (broadcast mask rows)."""
+  rows, num_k = lists.mask_batch * lists.mask_heads * lists.num_q_blocks, lists.num_k_blocks
+  index_RN = lists.kv_index.reshape(rows, num_k)
+  live_RN = jnp.arange(num_k) < lists.kv_count[:, None]
+  # Scatter-max: the padded tail repeats an active index with live = 0.
+  listed_RK = jnp.zeros((rows, num_k), jnp.int32).at[
+      jnp.arange(rows)[:, None], index_RN].max(live_RN.astype(jnp.int32))
+  listed = listed_RK.reshape(lists.mask_batch, lists.mask_heads, lists.num_q_blocks,
+                             num_k) > 0
+  return jnp.broadcast_to(listed, (batch, num_heads, *listed.shape[2:]))
+
+
+def split_lists(lists, skipped_BHQK, segmented):
+  """(computed, skipped) SparseLists with a row per (batch, query head): the
+  listed tiles whose P.V the forward computed, and those it skipped."""
+  listed = listed_tiles(lists, *skipped_BHQK.shape[:2])
+
+  def to_lists(mask_BHQK):
+    block_mask = block_mask_lib.from_mask(mask_BHQK, block_q=lists.block_q,
+                                          block_k=lists.block_k, causal=lists.causal)
+    return flash_lists.from_block_mask(block_mask, causal=lists.causal,
+                                       segmented=segmented)
+  return to_lists(listed & ~skipped_BHQK), to_lists(listed & skipped_BHQK)
+
+
 # TPU scalar memory is 1 MiB (v4 to v6e); the kernels prefetch one list set.
 _TPU_LIST_BYTES = 512 * 1024
 
 
+def _check_tpu_list_bytes(rows, lists, platform, interpret, what):
+  list_bytes = 4 * rows * (lists.num_q_blocks + 1) * (lists.num_k_blocks + 1)
+  if platform == "tpu" and not interpret and list_bytes > _TPU_LIST_BYTES:
+    raise ValueError(
+        f"{what} need {list_bytes} bytes of TPU scalar memory (limit "
+        f"{_TPU_LIST_BYTES}); use larger blocks, or shard batch/heads (shard_map) "
+        "so each device holds fewer mask rows.")
+
+
 def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
-              segment_ids_BL=None):
+              segment_ids_BL=None, pv_threshold=None, return_skipped=False):
   """Differentiable block-sparse flash attention over prepared SparseLists.
 
   segment_ids_BL (int [B, L] or None): mask every computed tile by segment id.
   The lists should already skip the cross-segment tiles (kernels.flash and
   block_sparse_attention build them so); correctness does not depend on it.
+  pv_threshold (SpargeAttn's lambda, <= 0; None: off): skip a tile's P.V by
+  the rule of kernels.pv_skip (see _sparse_flash_pv). return_skipped:
+  return (o_BLHK, skipped_BHQK), bool [B, H, nQ, nK] without gradient.
   """
-  rows = lists.mask_batch * lists.mask_heads
-  list_bytes = 4 * rows * (lists.num_q_blocks + 1) * (lists.num_k_blocks + 1)
-  if platform == "tpu" and not interpret and list_bytes > _TPU_LIST_BYTES:
-    raise ValueError(
-        f"the block lists need {list_bytes} bytes of TPU scalar memory (limit "
-        f"{_TPU_LIST_BYTES}); use larger blocks, or shard batch/heads (shard_map) "
-        "so each device holds fewer mask rows.")
+  pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
+  _check_tpu_list_bytes(lists.mask_batch * lists.mask_heads, lists, platform, interpret,
+                        "the block lists")
+  if pv_threshold is not None:  # the backward's lists have a row per (batch, head)
+    _check_tpu_list_bytes(q_BLHK.shape[0] * q_BLHK.shape[2], lists, platform,
+                          interpret, "the stage-2 backward's per-head block lists")
   check_segment_ids(segment_ids_BL, q_BLHK)
   if segment_ids_BL is not None:
     segment_ids_BL = jax.lax.stop_gradient(segment_ids_BL).astype(jnp.int32)
-  return _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                       interpret)
+  if pv_threshold is None:
+    o_BLHK = _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
+                           interpret)
+    if not return_skipped:
+      return o_BLHK
+    batch, _, num_heads, _ = q_BLHK.shape
+    return o_BLHK, jnp.zeros((batch, num_heads, lists.num_q_blocks,
+                              lists.num_k_blocks), bool)
+  o_BLHK, skipped_BHQK = _sparse_flash_pv(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL,
+                                          platform, interpret, pv_threshold)
+  return (o_BLHK, jax.lax.stop_gradient(skipped_BHQK)) if return_skipped else o_BLHK
 
 
 def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
-                           causal=True, segment_ids_BL=None, interpret=None,
-                           platform=None):
+                           causal=True, segment_ids_BL=None, pv_threshold=None,
+                           return_skipped=False, interpret=None, platform=None):
   """Attention restricted to the tiles block_mask keeps (and causal); o_BLHK.
 
   Query rows that see no key (an empty mask row) return zeros. Block sizes come
   from block_mask.block_q / block_k; mask_BHQK is [B or 1, H or 1, L/bq, L/bk].
   segment_ids_BL (int [B, L]): also require equal ids (document masking); the
   block mask is ANDed with block_mask_lib.segment_block_mask (idempotent).
+  pv_threshold (SpargeAttn's lambda, a float <= 0; None: off): also skip the P.V
+  product of kept tiles whose scores sit below exp(lambda) of the running max
+  (kernels.pv_skip's rule; -inf skips nothing). return_skipped: return
+  (o_BLHK, skipped_BHQK), skipped_BHQK bool [B, H, nQ, nK] (query heads, no
+  gradient; all False without pv_threshold).
   platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
   """
   platform, interpret = resolve_platform(platform, interpret)
@@ -165,7 +264,8 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
   lists = flash_lists.from_block_mask(block_mask, causal=causal,
                                       segmented=segment_ids_BL is not None)
   return run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
-                   interpret=interpret, segment_ids_BL=segment_ids_BL)
+                   interpret=interpret, segment_ids_BL=segment_ids_BL,
+                   pv_threshold=pv_threshold, return_skipped=return_skipped)
 
 
 def segmented_block_mask(mask_BHQK, segment_ids_BL, block_q, block_k, *, causal):

@@ -4,6 +4,9 @@ Everything here works on one (query block, key block) tile held in registers:
 row statistics are columns of shape [bq, 1] so the same code lowers through
 Mosaic and Triton. Scores and statistics are float32; the value/key matmuls
 take the probabilities in the input dtype (the usual flash-attention trade).
+
+Stage 2 of SpargeAttn (kernels.pv_skip): skip_pv decides per tile, the
+*_skipped steps give the backward of a tile whose P.V was dropped.
 """
 import jax.numpy as jnp
 from jax import lax
@@ -56,20 +59,69 @@ def is_full_tile(q_block, k_block, block_q, block_k):
   return (k_block + 1) * block_k - 1 <= q_block * block_q
 
 
-def forward_step(q, k, v, m_prev, l_prev, acc_prev, scale, allowed):
-  """One online-softmax update. m, l: [bq, 1]; acc: [bq, K]; allowed: None or bool tile."""
+def _softmax_update(q, k, m_prev, l_prev, scale, allowed):
+  """Online-softmax statistics of one tile: (m_local, m_next, alpha, p, l_next)."""
   s = dot_nt(q, k) * scale
   if allowed is not None:
     s = jnp.where(allowed, s, MASK_VALUE)
-  m_next = jnp.maximum(m_prev, jnp.max(s, axis=-1, keepdims=True))
+  m_local = jnp.max(s, axis=-1, keepdims=True)
+  m_next = jnp.maximum(m_prev, m_local)
   alpha = jnp.exp(m_prev - m_next)
   p = jnp.exp(s - m_next)
   if allowed is not None:
     # A row with no visible key yet has m_next == MASK_VALUE and p == 1.
     p = jnp.where(allowed, p, 0.0)
   l_next = alpha * l_prev + jnp.sum(p, axis=-1, keepdims=True)
+  return m_local, m_next, alpha, p, l_next
+
+
+def forward_step(q, k, v, m_prev, l_prev, acc_prev, scale, allowed):
+  """One online-softmax update. m, l: [bq, 1]; acc: [bq, K]; allowed: None or bool tile."""
+  _, m_next, alpha, p, l_next = _softmax_update(q, k, m_prev, l_prev, scale, allowed)
   acc_next = alpha * acc_prev + dot_nn(p.astype(v.dtype), v)
   return m_next, l_next, acc_next
+
+
+def skip_pv(m_local, m_next, pv_threshold):
+  """Scalar bool: stage 2 drops this tile's P.V (the rule of kernels.pv_skip).
+
+  m_local, m_next: [bq, 1]. A row sees no key of the tile iff m_local is
+  MASK_VALUE. Float max reductions: Mosaic reduces bool vectors through them anyway.
+  """
+  empty = m_local <= MASK_VALUE
+  below = jnp.logical_or(empty, m_local - m_next < pv_threshold)
+  needs_pv = jnp.max(jnp.where(below, 0.0, 1.0))
+  sees_key = jnp.max(jnp.where(empty, 0.0, 1.0))
+  return jnp.logical_and(needs_pv == 0.0, sees_key > 0.0)
+
+
+def softmax_step_pv(q, k, m_prev, l_prev, scale, allowed, pv_threshold):
+  """Stage 2's tile statistics: (m_next, l_next, alpha, p, skip). The caller
+  adds pv_product(p, v) to alpha * acc unless skip; m, l are updated either way."""
+  m_local, m_next, alpha, p, l_next = _softmax_update(q, k, m_prev, l_prev, scale,
+                                                      allowed)
+  return m_next, l_next, alpha, p, skip_pv(m_local, m_next, pv_threshold)
+
+
+def pv_product(p, v):
+  """The tile's P.V in float32 (probabilities in the value dtype, as in forward_step)."""
+  return dot_nn(p.astype(v.dtype), v)
+
+
+def skip_map_width(num_k_blocks):
+  """Lanes of the kernels' skip-map rows: a power of two (Triton) >= nK."""
+  return max(1, 1 << (num_k_blocks - 1).bit_length())
+
+
+def cut_skip_map(skip_BHQ1W, lists):
+  """bool [B, H, nQ, nK] from the kernels' padded int32 skip-map rows."""
+  return skip_BHQ1W[:, :, :, 0, :lists.num_k_blocks] != 0
+
+
+def mark_skipped(skipped_1N, k_block):
+  """int32 [1, N] row with column k_block set to 1 (vector ops only)."""
+  column = lax.broadcasted_iota(jnp.int32, skipped_1N.shape, 1)
+  return jnp.where(column == k_block, 1, skipped_1N)
 
 
 def finalize(m, l, acc):
@@ -78,16 +130,26 @@ def finalize(m, l, acc):
   return acc / safe_l, m + jnp.log(l)
 
 
+def _probs(a, b, lse, scale, allowed):
+  """exp(a b^T * scale - lse), zero where not allowed."""
+  p = jnp.exp(dot_nt(a, b) * scale - lse)
+  return p if allowed is None else jnp.where(allowed, p, 0.0)
+
+
 def dq_step(q, k, v, do, lse, delta, dq_acc, scale, allowed):
   """dq += dS K with P = exp(Q K^T * scale - lse), dS = P * (dO V^T - delta).
 
   lse, delta: [bq, 1] columns; rows that saw no key have lse = -inf, but all
   their tiles are masked, so the where() zeroes their probabilities.
   """
-  p = jnp.exp(dot_nt(q, k) * scale - lse)
-  if allowed is not None:
-    p = jnp.where(allowed, p, 0.0)
+  p = _probs(q, k, lse, scale, allowed)
   ds = p * (dot_nt(do, v) - delta)
+  return dq_acc + dot_nn(ds.astype(k.dtype), k)
+
+
+def dq_step_skipped(q, k, lse, delta, dq_acc, scale, allowed):
+  """dq_step for a tile whose P.V stage 2 skipped: dS = -P * delta (no dO V^T)."""
+  ds = _probs(q, k, lse, scale, allowed) * -delta
   return dq_acc + dot_nn(ds.astype(k.dtype), k)
 
 
@@ -97,12 +159,21 @@ def dkv_step(q, k, v, do, lse_row, delta_row, dk_acc, dv_acc, scale, allowed_T):
   Working on S^T = K Q^T keeps every matmul in NN/NT form (no transposes of
   the probability tile); lse_row, delta_row: [1, bq]; allowed_T: [bk, bq].
   """
-  p_T = jnp.exp(dot_nt(k, q) * scale - lse_row)
-  if allowed_T is not None:
-    p_T = jnp.where(allowed_T, p_T, 0.0)
+  p_T = _probs(k, q, lse_row, scale, allowed_T)
   dv_acc = dv_acc + dot_nn(p_T.astype(do.dtype), do)
   ds_T = p_T * (dot_nt(v, do) - delta_row)
   return dk_acc + dot_nn(ds_T.astype(q.dtype), q), dv_acc
+
+
+def dk_step_skipped(q, k, lse_row, delta_row, dk_acc, scale, allowed_T):
+  """dkv_step for a skipped tile: dv gets nothing, dk += (-P * delta)^T Q."""
+  ds_T = _probs(k, q, lse_row, scale, allowed_T) * -delta_row
+  return dk_acc + dot_nn(ds_T.astype(q.dtype), q)
+
+
+def add_grads(a, b, dtype):
+  """a + b in float32, cast to dtype (the two list sets' partial gradients)."""
+  return (a.astype(jnp.float32) + b.astype(jnp.float32)).astype(dtype)
 
 
 def block_delta(do_BLHK, o_BLHK):

@@ -13,6 +13,12 @@ Segment ids (document masking) come in as [B, L] int32 blocks: the program's
 own block and the whole row, sliced like k/v. With them every active tile is
 masked (a causally full tile may still cross a document start), so the
 full/partial split of the lists is not used.
+
+Stage 2 (pv_threshold, kernels.pv_skip): the forward's loop carries an int32
+row [1, W] of skipped key blocks (W = nK rounded up to a power of two) and
+branches on the scalar skip decision (lax.cond) around loading v and the P.V
+matmul. The backward's skipped variants (static `skipped=True`) walk the list
+of skipped tiles: dS = -P * delta, no v or dO loads, no dv.
 """
 import functools
 import math
@@ -86,8 +92,9 @@ def _kv_loop(q_block, row, kv_index_ref, kv_count_ref, kv_full_ref, lists, tile_
 
 
 def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale,
-                segmented):
-  seg_refs, (q_ref, k_ref, v_ref, o_ref, lse_ref) = _split_segments(refs, segmented)
+                segmented, pv_threshold=None):
+  seg_refs, refs = _split_segments(refs, segmented)
+  q_ref, k_ref, v_ref, o_ref, lse_ref = refs[:5]
   b, h, i = (pl.program_id(axis) for axis in range(3))
   bq, bk = lists.block_q, lists.block_k
   q = q_ref[...]
@@ -97,15 +104,31 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale,
     return tiles.forward_step(q, k_ref[keys, :], v_ref[keys, :], *carry, scale,
                               allowed)
 
+  def tile_pv(k_block, allowed, carry):
+    keys = pl.ds(k_block * bk, bk)
+    m, l, acc, skipped = carry
+    m, l, alpha, p, skip = tiles.softmax_step_pv(q, k_ref[keys, :], m, l, scale,
+                                                 allowed, pv_threshold)
+    # A scalar branch: v is loaded and multiplied only for a computed tile.
+    pv = lax.cond(skip, lambda: jnp.zeros(acc.shape, jnp.float32),
+                  lambda: tiles.pv_product(p, v_ref[keys, :]))
+    skipped = jnp.where(skip, tiles.mark_skipped(skipped, k_block), skipped)
+    return m, l, alpha * acc + pv, skipped
+
   carry = (jnp.full((bq, 1), tiles.MASK_VALUE, jnp.float32),
            jnp.zeros((bq, 1), jnp.float32),
            jnp.zeros((bq, q.shape[-1]), jnp.float32))
+  if pv_threshold is not None:
+    skip_ref = refs[5]
+    carry = (*carry, jnp.zeros(skip_ref.shape, jnp.int32))
   carry = _kv_loop(i, lists.kv_row(b, h, i), kv_index_ref, kv_count_ref,
-                   kv_full_ref, lists, tile, carry,
-                   _same_segment(seg_refs, bk))
-  o, lse = tiles.finalize(*carry)
+                   kv_full_ref, lists, tile if pv_threshold is None else tile_pv,
+                   carry, _same_segment(seg_refs, bk))
+  o, lse = tiles.finalize(*carry[:3])
   o_ref[...] = o.astype(o_ref.dtype)
   lse_ref[...] = lse[:, 0]
+  if pv_threshold is not None:
+    skip_ref[...] = carry[3]
 
 
 def _row_specs(lists, num_groups, seq_len, head_dim):
@@ -128,39 +151,56 @@ def _segment_inputs(segment_ids_BL, own_block, own_map):
   return specs, [segment_ids_BL, segment_ids_BL]
 
 
-def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None):
-  """Returns o_BLHK and the residual lse [B, H, L] (float32)."""
+def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
+            pv_threshold=None):
+  """Returns o_BLHK and the residual lse [B, H, L] (float32); with pv_threshold
+  (stage 2) also the skip map, bool [B, H, nQ, nK]."""
   batch, seq_len, num_heads, head_dim = q_BLHK.shape
   num_groups = num_heads // k_BLGK.shape[2]
   q_spec, kv_spec, stat_spec = _row_specs(lists, num_groups, seq_len, head_dim)
   seg_specs, seg_args = _segment_inputs(segment_ids_BL, lists.block_q,
                                         lambda b, h, i: (b, i))
+  out_shape = [jax.ShapeDtypeStruct(q_BLHK.shape, q_BLHK.dtype),
+               jax.ShapeDtypeStruct((batch, num_heads, seq_len), jnp.float32)]
+  out_specs = [q_spec, stat_spec]
+  if pv_threshold is not None:
+    width = tiles.skip_map_width(lists.num_k_blocks)
+    out_shape.append(jax.ShapeDtypeStruct(
+        (batch, num_heads, lists.num_q_blocks, 1, width), jnp.int32))
+    out_specs.append(pl.BlockSpec((None, None, None, 1, width),
+                                  lambda b, h, i: (b, h, i, 0, 0)))
   whole = pl.no_block_spec
   kernel = functools.partial(_fwd_kernel, lists=lists, scale=1.0 / math.sqrt(head_dim),
-                             segmented=segment_ids_BL is not None)
-  return pl.pallas_call(
+                             segmented=segment_ids_BL is not None,
+                             pv_threshold=pv_threshold)
+  o_BLHK, lse_BHL, *skip = pl.pallas_call(
       kernel,
-      out_shape=[jax.ShapeDtypeStruct(q_BLHK.shape, q_BLHK.dtype),
-                 jax.ShapeDtypeStruct((batch, num_heads, seq_len), jnp.float32)],
+      out_shape=out_shape,
       grid=(batch, num_heads, lists.num_q_blocks),
       in_specs=[whole, whole, whole, *seg_specs, q_spec, kv_spec, kv_spec],
-      out_specs=[q_spec, stat_spec],
+      out_specs=out_specs,
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
       name="block_sparse_flash_fwd",
   )(lists.kv_index, lists.kv_count, lists.kv_full, *seg_args, q_BLHK, k_BLGK, v_BLGK)
+  if pv_threshold is None:
+    return o_BLHK, lse_BHL
+  return o_BLHK, lse_BHL, tiles.cut_skip_map(skip[0], lists)
 
 
-def _dq_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale, segmented):
+def _dq_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale, segmented,
+               skipped=False):
   seg_refs, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref) = _split_segments(
       refs, segmented)
   b, h, i = (pl.program_id(axis) for axis in range(3))
   bk = lists.block_k
-  q, do = q_ref[...], do_ref[...]
+  q, do = q_ref[...], (None if skipped else do_ref[...])
   lse, delta = lse_ref[...][:, None], delta_ref[...][:, None]
 
   def tile(k_block, allowed, dq):
     keys = pl.ds(k_block * bk, bk)
+    if skipped:  # stage 2 dropped this tile's P.V: v and dO are not loaded
+      return tiles.dq_step_skipped(q, k_ref[keys, :], lse, delta, dq, scale, allowed)
     return tiles.dq_step(q, k_ref[keys, :], v_ref[keys, :], do, lse, delta, dq,
                          scale, allowed)
 
@@ -171,13 +211,23 @@ def _dq_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale, seg
 
 
 def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
-                num_groups, segmented):
-  seg_refs, (q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref,
-             dv_ref) = _split_segments(refs, segmented)
+                num_groups, segmented, skipped=False):
+  seg_refs, refs = _split_segments(refs, segmented)
+  q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref = refs[:7]
   b, g, j = (pl.program_id(axis) for axis in range(3))
   bq = lists.block_q
-  k, v = k_ref[...], v_ref[...]
+  k, v = k_ref[...], (None if skipped else v_ref[...])
   same_segment = _same_segment(seg_refs, bq)  # [bk, bq] tiles
+
+  def step(r, queries, allowed_T, c):
+    if skipped:  # dv gets nothing; dk needs neither v nor dO
+      return (tiles.dk_step_skipped(
+          q_ref[queries, r, :], k, lse_ref[r, queries][None, :],
+          delta_ref[r, queries][None, :], c[0], scale, allowed_T),)
+    return tiles.dkv_step(
+        q_ref[queries, r, :], k, v, do_ref[queries, r, :],
+        lse_ref[r, queries][None, :], delta_ref[r, queries][None, :],
+        *c, scale, allowed_T)
 
   def over_heads(r, carry):
     row = lists.q_row(b, g * num_groups + r, j)
@@ -189,10 +239,7 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
         queries = pl.ds(q_block * bq, bq)
         allowed_T = (_tile_mask(q_block, j, lists, same_segment, q_block,
                                 keys_major=True) if masked else None)
-        return tiles.dkv_step(
-            q_ref[queries, r, :], k, v, do_ref[queries, r, :],
-            lse_ref[r, queries][None, :], delta_ref[r, queries][None, :],
-            *c, scale, allowed_T)
+        return step(r, queries, allowed_T, c)
       return run
 
     if same_segment is not None:
@@ -203,56 +250,83 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
     return lax.fori_loop(partial_count, count, body(False), carry)
 
   zeros = jnp.zeros(k.shape, jnp.float32)
-  dk, dv = lax.fori_loop(0, num_groups, over_heads, (zeros, zeros))
-  dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
-  dv_ref[...] = dv.astype(dv_ref.dtype)
+  grads = lax.fori_loop(0, num_groups, over_heads, (zeros,) * (1 if skipped else 2))
+  dk_ref[...] = (grads[0] * scale).astype(dk_ref.dtype)
+  if not skipped:
+    refs[7][...] = grads[1].astype(refs[7].dtype)
 
 
 def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpret,
-             segment_ids_BL=None):
-  """Returns dq_BLHK, dk_BLGK, dv_BLGK."""
-  batch, seq_len, num_heads, head_dim = q_BLHK.shape
-  num_kv_heads = k_BLGK.shape[2]
-  num_groups = num_heads // num_kv_heads
-  scale = 1.0 / math.sqrt(head_dim)
-  delta_BHL = tiles.block_delta(do_BLHK, o_BLHK)
-  whole = pl.no_block_spec
-  segmented = segment_ids_BL is not None
+             segment_ids_BL=None, skipped_lists=None):
+  """Returns dq_BLHK, dk_BLGK, dv_BLGK.
 
+  skipped_lists (stage 2): the tiles whose P.V the forward skipped, walked by
+  the kernels' skipped variant (dS = -P * delta, no dv); `lists` then holds
+  only the computed tiles. The two passes are summed in float32.
+  """
+  delta_BHL = tiles.block_delta(do_BLHK, o_BLHK)
+  args = (q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL)
+  kw = dict(interpret=interpret, segment_ids_BL=segment_ids_BL)
+  if skipped_lists is None:
+    return (_dq_call(*args, lists, **kw), *_dkv_call(*args, lists, **kw))
+  f32 = dict(kw, out_dtype=jnp.float32)
+  dq = tiles.add_grads(_dq_call(*args, lists, **f32),
+                       _dq_call(*args, skipped_lists, skipped=True, **f32),
+                       q_BLHK.dtype)
+  dk, dv = _dkv_call(*args, lists, **f32)
+  (dk_skipped,) = _dkv_call(*args, skipped_lists, skipped=True, **f32)
+  return dq, tiles.add_grads(dk, dk_skipped, k_BLGK.dtype), dv.astype(v_BLGK.dtype)
+
+
+def _dq_call(q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL, lists, *, interpret,
+             segment_ids_BL, skipped=False, out_dtype=None):
+  seq_len, num_heads, head_dim = q_BLHK.shape[1:]
+  num_groups = num_heads // k_BLGK.shape[2]
+  whole = pl.no_block_spec
   q_spec, kv_spec, stat_spec = _row_specs(lists, num_groups, seq_len, head_dim)
   seg_specs, seg_args = _segment_inputs(segment_ids_BL, lists.block_q,
                                         lambda b, h, i: (b, i))
-  dq_BLHK = pl.pallas_call(
-      functools.partial(_dq_kernel, lists=lists, scale=scale, segmented=segmented),
-      out_shape=jax.ShapeDtypeStruct(q_BLHK.shape, q_BLHK.dtype),
-      grid=(batch, num_heads, lists.num_q_blocks),
+  kernel = functools.partial(_dq_kernel, lists=lists, scale=1.0 / math.sqrt(head_dim),
+                             segmented=segment_ids_BL is not None, skipped=skipped)
+  return pl.pallas_call(
+      kernel,
+      out_shape=jax.ShapeDtypeStruct(q_BLHK.shape, out_dtype or q_BLHK.dtype),
+      grid=(q_BLHK.shape[0], num_heads, lists.num_q_blocks),
       in_specs=[whole, whole, whole, *seg_specs, q_spec, kv_spec, kv_spec, q_spec,
                 stat_spec, stat_spec],
       out_specs=q_spec,
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
-      name="block_sparse_flash_dq",
+      name="block_sparse_flash_dq_skipped" if skipped else "block_sparse_flash_dq",
   )(lists.kv_index, lists.kv_count, lists.kv_full, *seg_args, q_BLHK, k_BLGK, v_BLGK,
     do_BLHK, lse_BHL, delta_BHL)
 
-  bk = lists.block_k
+
+def _dkv_call(q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL, lists, *, interpret,
+              segment_ids_BL, skipped=False, out_dtype=None):
+  """[dk, dv], or [dk] for the skipped variant."""
+  batch, seq_len, num_heads, head_dim = q_BLHK.shape
+  num_kv_heads = k_BLGK.shape[2]
+  num_groups = num_heads // num_kv_heads
+  whole, bk = pl.no_block_spec, lists.block_k
   group_spec = pl.BlockSpec((None, seq_len, num_groups, head_dim),
                             lambda b, g, j: (b, 0, g, 0))
   group_stat_spec = pl.BlockSpec((None, num_groups, seq_len), lambda b, g, j: (b, g, 0))
   kv_spec = pl.BlockSpec((None, bk, None, head_dim), lambda b, g, j: (b, j, g, 0))
   seg_specs, seg_args = _segment_inputs(segment_ids_BL, bk, lambda b, g, j: (b, j))
-  dk_BLGK, dv_BLGK = pl.pallas_call(
-      functools.partial(_dkv_kernel, lists=lists, scale=scale, num_groups=num_groups,
-                        segmented=segmented),
-      out_shape=[jax.ShapeDtypeStruct(k_BLGK.shape, k_BLGK.dtype),
-                 jax.ShapeDtypeStruct(v_BLGK.shape, v_BLGK.dtype)],
+  outputs = [k_BLGK] if skipped else [k_BLGK, v_BLGK]
+  kernel = functools.partial(_dkv_kernel, lists=lists, scale=1.0 / math.sqrt(head_dim),
+                             num_groups=num_groups, segmented=segment_ids_BL is not None,
+                             skipped=skipped)
+  return pl.pallas_call(
+      kernel,
+      out_shape=[jax.ShapeDtypeStruct(x.shape, out_dtype or x.dtype) for x in outputs],
       grid=(batch, num_kv_heads, lists.num_k_blocks),
       in_specs=[whole, whole, whole, *seg_specs, group_spec, group_spec,
                 group_stat_spec, group_stat_spec, kv_spec, kv_spec],
-      out_specs=[kv_spec, kv_spec],
+      out_specs=[kv_spec] * len(outputs),
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
-      name="block_sparse_flash_dkv",
+      name="block_sparse_flash_dk_skipped" if skipped else "block_sparse_flash_dkv",
   )(lists.q_index, lists.q_count, lists.q_partial, *seg_args, q_BLHK, do_BLHK,
     lse_BHL, delta_BHL, k_BLGK, v_BLGK)
-  return dq_BLHK, dk_BLGK, dv_BLGK
