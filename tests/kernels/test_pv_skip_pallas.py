@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from kernels import block_mask_lib as bm
-from kernels import pv_skip
-from kernels.block_sparse import block_sparse_attention
+from kernels import flash_lists, pv_skip
+from kernels.block_sparse import block_sparse_attention, run_lists
 from tests.kernels.flash_checks import (TOLERANCE, compile_fast, fresh_seed, random_qkvo,
                                         rel_err)
 from tests.kernels.test_export import CUSTOM_CALL
@@ -155,6 +155,27 @@ def test_stage_two_lowers(platform):
       jax.jit(lambda q, k, v: attn(q, k, v)), platforms=[platform],
       disabled_checks=checks)(q, kv, kv).out_avals]
   assert out_shapes == [q.shape, (batch, heads, num_blocks, num_blocks)], out_shapes
+
+
+def test_run_lists_over_dense_lists():
+  """run_lists (kernels.flash's entry) takes stage 2 too: dense causal lists."""
+  batch, seq_len, heads, block = 1, 64, 2, 16
+  num_blocks = seq_len // block
+  lists = flash_lists.dense_lists(seq_len, block, block, True)
+  all_tiles = jnp.ones((1, 1, num_blocks, num_blocks), bool)
+  oracle = functools.partial(pv_skip.reference_attention, mask_BHQK=all_tiles,
+                             block_q=block, block_k=block, pv_threshold=LAMBDA)
+  start = fresh_seed()
+  for seed in range(start, start + 50):
+    q, k, v, _ = peaked_qkvo(seed, batch, seq_len, heads, 1, 16, block, jnp.float32)
+    ref_o, ref_skipped = oracle(q, k, v)
+    if np.any(ref_skipped):
+      break
+  o, skipped = compile_fast(functools.partial(
+      run_lists, lists=lists, platform="cuda", interpret=True, pv_threshold=LAMBDA,
+      return_skipped=True), q, k, v)
+  np.testing.assert_array_equal(skipped, ref_skipped, err_msg=f"seed {seed}")
+  assert rel_err(o, ref_o) < TOLERANCE[jnp.float32], seed
 
 
 def test_positive_threshold_is_rejected():
