@@ -1,0 +1,128 @@
+"""Sparse training in the model: stage 2's skip share, distillation, calibrated thresholds."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import kernels
+import models
+from experiments import train, validation
+from kernels import builtin_kinds, kinds
+from models import attention as attention_lib
+from tests.helpers import train_losses
+
+SPARGE = {"seq_len": 64, "attention.kind": "block_sparse", "attention.estimator": "sparge",
+          "attention.topk": 0.3, "attention.block_q": 16, "attention.block_k": 16,
+          "attention.impl": "xla"}
+
+
+def test_distill_weight_zero_is_the_plain_sparse_run(micro_cfg):
+  plain = train_losses(micro_cfg(**SPARGE), steps=1)
+  zero = train_losses(micro_cfg(**SPARGE, **{"attention.distill_weight": 0.0}), steps=1)
+  assert (plain[0]["loss"], plain[0]["grad_norm"]) == (zero[0]["loss"], zero[0]["grad_norm"])
+  assert "attn_distill" not in zero[0]
+  distilled = train_losses(micro_cfg(**SPARGE, **{"attention.distill_weight": 5.0}), steps=1)
+  assert distilled[0]["loss"] == plain[0]["loss"]  # logged loss is the cross-entropy
+  assert distilled[0]["attn_distill"] > 0
+  assert distilled[0]["grad_norm"] != plain[0]["grad_norm"]  # the distance has a gradient
+
+
+def test_distill_target_is_not_differentiated():
+  """d distance / d(q, k, v) = that of the same expression with the dense output a
+  constant: nothing flows back through the target."""
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+  q = jax.random.normal(kq, (1, 32, 2, 8))
+  k, v = jax.random.normal(kk, (1, 32, 1, 8)), jax.random.normal(kv, (1, 32, 1, 8))
+  o_fn = lambda q, k, v: kernels.attention(  # noqa: E731  (a sliding window: sparse)
+      q, k, v, kind="block_sparse", impl="xla", block_q=8, block_k=8, window_blocks=1)
+  target = jax.lax.stop_gradient(jax.nn.dot_product_attention(q, k, v, is_causal=True))
+
+  def by_model(q, k, v):
+    return attention_lib.distill_distance(o_fn(q, k, v), q, k, v, "xla", {})
+
+  def by_hand(q, k, v):
+    diff = o_fn(q, k, v) - target
+    return jnp.sum(diff ** 2) / jnp.sum(target ** 2)
+
+  assert float(by_model(q, k, v)) == pytest.approx(float(by_hand(q, k, v)), rel=1e-5)
+  for a, b in zip(jax.grad(by_model, (0, 1, 2))(q, k, v), jax.grad(by_hand, (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+
+
+def test_stage_two_and_distillation_are_logged_and_counted(tmp_path, micro_cfg):
+  cfg = micro_cfg(**SPARGE, **{"steps": 5, "log_every": 5, "attention.pv_threshold": -0.5,
+                               "attention.distill_weight": 1.0})
+  train.run(cfg, str(tmp_path))
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  for name in ("attn_density", "attn_pv_skip", "attn_distill"):
+    assert name in record
+  assert 0 <= record["attn_pv_skip"] <= record["attn_density"]
+  tokens = 5 * cfg.batch_size * cfg.seq_len
+  # A 5-step run has one record: the whole run is charged at its measured values.
+  assert record["flops"] == pytest.approx(tokens * models.flops_per_token(
+      cfg, record["attn_density"], record["attn_pv_skip"]), rel=1e-6)
+
+
+def test_flops_of_skipped_tiles_and_distillation(micro_cfg):
+  cfg = micro_cfg(**SPARGE)
+  K = models.layout.head_dim(cfg.model)
+  skipped = builtin_kinds.block_scores(cfg, 0.1) * cfg.model.heads * 2 * K
+  saved = (models.flops_breakdown(cfg, 0.5)["attn_core"]
+           - models.flops_breakdown(cfg, 0.5, pv_skip=0.1)["attn_core"])
+  assert saved == pytest.approx(cfg.model.depth * skipped)
+  distilled = micro_cfg(**SPARGE, **{"attention.distill_weight": 1.0})
+  extra = models.flops_per_token(distilled, 0.5) - models.flops_per_token(cfg, 0.5)
+  dense = kinds.get("dense").flops(cfg, K) + 4 * cfg.model.heads * K
+  assert extra == pytest.approx(cfg.model.depth * dense)  # forward only, no 3x
+
+
+def _thresholds(path, layers, **top):
+  data = {"format": "chinchax.thresholds/1", "kind": "block_sparse", "estimator": "sparge",
+          "block_q": 16, "block_k": 16, "target_error": 0.01, "layers": layers, **top}
+  path.write_text(json.dumps(data))
+  return str(path)
+
+
+def test_calibrated_thresholds_reach_their_layers(tmp_path, micro_cfg):
+  path = _thresholds(tmp_path / "t.json", [{"layer": 0, "params": {"topk": 0.9}},
+                                           {"layer": 1, "params": {"topk": 0.2,
+                                                                   "pv_threshold": -4.0}}])
+  cfg = micro_cfg(**SPARGE, **{"attention.thresholds": path})
+  validation.validate(cfg)
+  model = models.LM(cfg, rngs=nnx.Rngs(0))
+  params = [block.attn.params for block in model.blocks]
+  assert params[0]["topk"] == 0.9 and "pv_threshold" not in params[0]
+  assert params[1]["topk"] == 0.2 and params[1]["pv_threshold"] == -4.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layers": [None]}, "has 1 layers; the model has depth 2"),
+    ({"estimator": "static"}, "calibrated for estimator 'static'"),
+    ({"block_q": 32}, "calibrated with blocks"),
+    ({"format": "other"}, "not a chinchax.thresholds/1 file"),
+    ({"layers": [{"params": {"block_q": 8}}, None]}, "must be a dict of"),
+])
+def test_bad_thresholds_files_are_refused(tmp_path, micro_cfg, change, message):
+  path = _thresholds(tmp_path / "t.json", [None, {"layer": 1, "params": {"topk": 0.5}}],
+                     **{k: v for k, v in change.items() if k != "layers"})
+  if "layers" in change:
+    _thresholds(tmp_path / "t.json", change["layers"])
+  cfg = micro_cfg(**SPARGE, **{"attention.thresholds": path})
+  with pytest.raises(ValueError, match=message):
+    validation.validate(cfg)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"attention.pv_threshold": 1.0}, "pv_threshold"),
+    ({"attention.distill_weight": -1.0}, "distill_weight"),
+    ({"attention.kind": "dense", "attention.distill_weight": 1.0}, "acts on block-sparse"),
+    ({"attention.kind": "dense", "attention.pv_threshold": -2.0}, "acts on block-sparse"),
+    ({"attention.thresholds": "/no/such.json"}, "no such file"),
+])
+def test_bad_sparse_training_settings_are_refused(micro_cfg, overrides, message):
+  cfg = micro_cfg(**{**SPARGE, **overrides})
+  with pytest.raises(ValueError, match=message):
+    validation.validate(cfg)
