@@ -23,7 +23,6 @@ bad input, or a layer that meets the target on held-out data at no grid point
 import functools
 import json
 import os
-import sys
 import tempfile
 
 from absl import logging
@@ -209,4 +208,3 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   app.run(main)
-  sys.exit(0)

@@ -177,6 +177,10 @@ def sweep(run, windows, settings, estimator, opts, keys):
   return out
 
 
+def _active(params):
+  return sum(v is not None for v in params.values())
+
+
 def _first_passing(order, held, target):
   """The first index of `order` whose held-out error meets the target, or None."""
   return next((j for j in order if held[j]["error"] <= target), None)
@@ -192,8 +196,10 @@ def pick_masks(run, calib_windows, heldout_windows, layers, estimator, grid_poin
   chosen, failed = {}, []
   for i in layers:
     c, h = calib[i], held[i]
+    # Ties (e.g. several settings that keep every block): the lower error, then the
+    # setting with fewer active thresholds.
     order = sorted((j for j in range(len(c)) if c[j]["error"] <= opts.target_error),
-                   key=lambda j: (c[j]["density"], c[j]["error"]))
+                   key=lambda j: (c[j]["density"], c[j]["error"], _active(grid_points[j])))
     j = _first_passing(order, h, opts.target_error)
     if j is None:
       failed.append(i)
