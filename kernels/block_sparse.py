@@ -19,6 +19,7 @@ of kept tiles whose scores are negligible (the rule and oracle: kernels.pv_skip)
 `return_skipped=True` returns which tiles were skipped. None: kernels unchanged.
 """
 import functools
+import math
 import types
 
 import jax
@@ -204,10 +205,15 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
   The lists should already skip the cross-segment tiles (kernels.flash and
   block_sparse_attention build them so); correctness does not depend on it.
   pv_threshold (SpargeAttn's lambda, <= 0; None: off): skip a tile's P.V by
-  the rule of kernels.pv_skip (see _sparse_flash_pv). return_skipped:
-  return (o_BLHK, skipped_BHQK), bool [B, H, nQ, nK] without gradient.
+  the rule of kernels.pv_skip (see _sparse_flash_pv); -inf runs the stage-1
+  kernels. return_skipped: return (o_BLHK, skipped_BHQK), bool [B, H, nQ, nK]
+  without gradient.
   """
   pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
+  if pv_threshold == -math.inf:
+    # Never skips: the stage-1 kernels are exact on every backend (a compiled
+    # branch around P.V may round differently); a finite lambda runs stage 2.
+    pv_threshold = None
   _check_tpu_list_bytes(lists.mask_batch * lists.mask_heads, lists, platform, interpret,
                         "the block lists")
   if pv_threshold is not None:  # the backward's lists have a row per (batch, head)
@@ -240,7 +246,8 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
   block mask is ANDed with block_mask_lib.segment_block_mask (idempotent).
   pv_threshold (SpargeAttn's lambda, a float <= 0; None: off): also skip the P.V
   product of kept tiles whose scores sit below exp(lambda) of the running max
-  (kernels.pv_skip's rule; -inf skips nothing). return_skipped: return
+  (kernels.pv_skip's rule; -inf skips nothing and runs the stage-1 kernels, a
+  very negative finite lambda runs stage 2's). return_skipped: return
   (o_BLHK, skipped_BHQK), skipped_BHQK bool [B, H, nQ, nK] (query heads, no
   gradient; all False without pv_threshold).
   platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
