@@ -25,7 +25,6 @@ implement the same rule.
 """
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
