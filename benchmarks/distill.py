@@ -25,6 +25,10 @@ _STEPS = flags.DEFINE_integer("steps", 300, "Training steps per arm.")
 _WEIGHT = flags.DEFINE_float("weight", 1.0, "attention.distill_weight of the distilled arm.")
 _TOPK = flags.DEFINE_float("topk", 0.2, "sparge top-k fraction of the sparse arms.")
 _BLOCK = flags.DEFINE_integer("block", 16, "block_q = block_k of the sparse arms.")
+_INIT = flags.DEFINE_string(
+    "init_from", "", "A dense run: every arm starts from its latest params (fine-tuning, "
+    "SpargeAttention2's setting; the dense arm continues training it). Its model settings "
+    "must match --set.")
 _SETTINGS = flags.DEFINE_list(
     "set", ["data.corpus=pystdlib", "seq_len=256", "batch_size=16", "model.width=128",
             "model.depth=2", "model.heads=4", "model.kv_heads=2", "model.mlp_width=384",
@@ -47,6 +51,8 @@ def _train(name, overrides):
          "--config=experiments/configs/lm.py:tiny", f"--workdir={workdir}",
          f"--config.steps={_STEPS.value}"]
   cmd += [f"--config.{kv}" for kv in list(_SETTINGS.value) + overrides]
+  if _INIT.value:
+    cmd.append(f"--config.init_from={os.path.abspath(_INIT.value)}")
   print(" ".join(cmd), flush=True)
   subprocess.run(cmd, check=True)
   return workdir

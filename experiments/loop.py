@@ -136,6 +136,17 @@ def start_summary(s):
   return Summary(os.path.join(s.workdir, metrics.SUMMARY), fields, s.is_writer)
 
 
+def _init_from(run_dir, abstract_state, state):
+  """state with the params of run_dir's latest checkpoint (its optimizer is not used)."""
+  from experiments import probe  # here: only fine-tuning runs need it
+  try:
+    step, source = probe.restore_state(run_dir, abstract_state)
+  except ValueError as e:
+    raise ValueError(f"config.init_from={run_dir!r}: {e}") from None
+  logging.info(f"initialised the params from {run_dir} (step {step}); fresh optimizer.")
+  return {**state, "params": source["params"]}
+
+
 def restore(s, train_iter):
   """(start step, state, flops, wall_seconds) to continue from. flops and wall come
   from the metrics record written at the checkpoint's step (later records are
@@ -143,6 +154,8 @@ def restore(s, train_iter):
   start, state = s.ckpt.restore_latest(s.program.abstract_state, train_iter)
   if state is None:
     state = s.program.init()
+    if s.cfg.get("init_from"):
+      state = _init_from(s.cfg.init_from, s.program.abstract_state, state)
   flops, wall = start * s.tokens_per_step * models.flops_per_token(s.cfg), 0.0
   if s.is_writer:
     path = os.path.join(s.workdir, metrics.METRICS)

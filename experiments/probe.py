@@ -177,3 +177,7 @@ def capture(run, window_BL):
     q, k, v, seg = layer
     out.append((q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), seg))
   return out
+
+
+# Public: experiments.loop starts a fine-tuning run (config.init_from) from it.
+restore_state = _restore

@@ -179,6 +179,10 @@ def validate(cfg):
   _in_range(cfg, "data.eval_fraction", 0, 1, open_low=True, open_high=True)
   _at_least(cfg, 0, "data.max_bytes")
   _one_of(cfg, "wandb.mode", WANDB_MODES)
+  source = cfg.get("init_from", "")
+  if source and not os.path.isdir(os.path.join(source, "checkpoints")):
+    raise ValueError(f"init_from {source!r} is not a run directory with checkpoints/; "
+                     "name a trained run (its latest params start this run) or set ''.")
 
 
 def check_workdir(path):

@@ -60,18 +60,24 @@ def attend(q_BLHK, k_BLGK, v_BLGK, spec, impl, params, sow, segment_ids_BL=None,
         skipped_BHQK, block_q=blocks["block_q"], block_k=blocks["block_k"]))
   if distill:
     sow(nnx.Intermediate, "attn_distill",
-        distill_distance(o_BLHK, q_BLHK, k_BLGK, v_BLGK, impl, seg))
+        distill_distance(q_BLHK, k_BLGK, v_BLGK, spec, impl, params, seg))
   return o_BLHK
 
 
-def distill_distance(o_BLHK, q_BLHK, k_BLGK, v_BLGK, impl, seg):
+def distill_distance(q_BLHK, k_BLGK, v_BLGK, spec, impl, params, seg):
   """|o - sg(o_dense)|^2 / |sg(o_dense)|^2 over the layer's batch (scale-free, so one
-  weight serves every width). o_dense: exact dense attention on the same inputs
-  by the layer's impl (flash on accelerators), never differentiated."""
+  weight serves every width). o_dense: exact dense attention on the same inputs by
+  the layer's impl (flash on accelerators), never differentiated. o is the layer's
+  sparse attention again, with v under stop_gradient: the distance trains the scores
+  (q, k) to put the mass where the sparse pattern keeps it. Letting it reach v too
+  has a degenerate optimum (v constant over positions makes every pattern agree),
+  which measurably hurt the cross-entropy (benchmarks/distill.py)."""
   q, k, v = (jax.lax.stop_gradient(x) for x in (q_BLHK, k_BLGK, v_BLGK))
   dense_BLHK = jax.lax.stop_gradient(parallel.attention(
       q, k, v, kind="dense", impl=impl, causal=True, **seg)).astype(jnp.float32)
-  error = jnp.sum(jnp.square(o_BLHK.astype(jnp.float32) - dense_BLHK))
+  sparse_BLHK = parallel.attention(q_BLHK, k_BLGK, v, kind=spec.name, impl=impl, causal=True,
+                                   **params, **seg).astype(jnp.float32)
+  error = jnp.sum(jnp.square(sparse_BLHK - dense_BLHK))
   return error / jnp.maximum(jnp.sum(jnp.square(dense_BLHK)), 1e-30)
 
 

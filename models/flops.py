@@ -47,15 +47,21 @@ def attention_core_flops_per_token(kind, cfg, density=None, pv_skip=None):
   return spec.flops(cfg, head_dim(cfg.model), density)
 
 
-def distill_flops_per_token(cfg):
+def distill_flops_per_token(cfg, density=None):
   """attention.distill_weight > 0: each block-kind layer also runs dense attention
-  forward (the target; no backward through it) and the distance (4 per element)."""
+  forward (the target; no backward through it), its sparse attention again forward
+  and backward (3x; models.attention.distill_distance) and the distance (4 per element)."""
   a, m = cfg.attention, cfg.model
   if not a.get("distill_weight", 0.0):
     return 0
-  sparse = [k for k in pattern_kinds(cfg) if kinds.get(k).estimators]
-  per_layer = kinds.get("dense").flops(cfg, head_dim(m)) + 4 * m.heads * head_dim(m)
-  return len(sparse) * per_layer
+  K = head_dim(m)
+  total = 0
+  for kind in pattern_kinds(cfg):
+    spec = kinds.get(kind)
+    if spec.estimators:
+      total += (kinds.get("dense").flops(cfg, K) + 3 * spec.flops(cfg, K, density)
+                + 4 * m.heads * K)
+  return total
 
 
 def flops_breakdown(cfg, density=None, pv_skip=None):
@@ -76,4 +82,5 @@ def flops_breakdown(cfg, density=None, pv_skip=None):
 def flops_per_token(cfg, density=None, pv_skip=None):
   """Training FLOPs per token (forward + backward = 3x forward, plus distillation's
   forward-only dense target)."""
-  return 3 * sum(flops_breakdown(cfg, density, pv_skip).values()) + distill_flops_per_token(cfg)
+  return (3 * sum(flops_breakdown(cfg, density, pv_skip).values())
+          + distill_flops_per_token(cfg, density))

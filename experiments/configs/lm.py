@@ -13,6 +13,8 @@ placeholder = config_dict.placeholder
 def base():
   c = config_dict.ConfigDict()
   c.seed = 0
+  c.init_from = ""          # a run directory: start from its latest params (fine-tuning;
+                            # fresh optimizer and step 0), e.g. a dense run made sparse
   c.steps = 1000
   c.batch_size = 16
   c.seq_len = 128
