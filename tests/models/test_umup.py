@@ -49,20 +49,27 @@ def _rms(x):
 
 
 def init_rms(cfg, seed=0):
-  """{"activation" | "weight" | "gradient": {name: RMS}} of a fresh model on random tokens."""
+  """{"activation" | "weight" | "gradient": {name: RMS}} of a fresh model on random tokens.
+
+  The probed forward and the gradient run as one jitted program: op by op (eager) they
+  cost minutes per config on CPU, nearly all of it compiling each op."""
   model = models.LM(cfg, rngs=nnx.Rngs(seed))
   tokens = jax.random.randint(jax.random.key(seed), (cfg.batch_size, cfg.seq_len + 1), 0,
                               cfg.model.vocab_size)
-  model(tokens[:, :-1], probe=True)
-  acts = nnx.to_pure_dict(nnx.pop(model, Activation))
-  nnx.pop(model, nnx.Intermediate)  # the block kinds' attn_density
   graphdef, state = nnx.split(model, nnx.Param)
   params = nnx.to_pure_dict(state)
+
+  def probed(p):
+    m = nnx.merge(graphdef, nnx.State(p))
+    m(tokens[:, :-1], probe=True)
+    acts = nnx.to_pure_dict(nnx.pop(m, Activation))
+    nnx.pop(m, nnx.Intermediate)  # the block kinds' attn_density
+    return acts
 
   def loss(p):
     return cross_entropy(nnx.merge(graphdef, nnx.State(p))(tokens[:, :-1]), tokens[:, 1:])
 
-  grads = jax.grad(loss)(params)
+  acts, grads = jax.jit(lambda p: (probed(p), jax.grad(loss)(p)))(params)
   named = lambda tree: {jax.tree_util.keystr(k): v  # noqa: E731
                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   weights = {k: v for k, v in named(params).items() if not k.endswith(f"'{NOT_UNIT[0]}']")}
