@@ -17,7 +17,7 @@ STEPS = 5
 # finite-batch (64 tokens put mup's mlp_out at 0.45x the width-64 value).
 SIZE = {"batch_size": 8, "seq_len": 32}
 # 4x deeper: without depth scaling the final residual stream grows ~9x (CompleteP ~0.9x);
-# 16 blocks said the same and cost twice the compile time.
+# 16 blocks said the same; the blocks are unrolled, so compile time grows with depth.
 DEEP = 8
 
 
