@@ -189,12 +189,17 @@ def test_resumed_wall_seconds_count_each_step_once(reference, tmp_path):
 
 
 def test_divergence_stops_at_its_step_strict_json_and_exit_3(tmp_path):
-  flags = (*MICRO_FLAGS, "steps=40", "optimizer.lr=1e30", "optimizer.grad_clip=1e30",
-           "optimizer.warmup_steps=1", "eval_every=40", "checkpoint_every=40")
-  every = run_train(tmp_path / "every", *flags, "log_every=1")
+  diverge = {"steps": 40, "optimizer.lr": 1e30, "optimizer.grad_clip": 1e30,
+             "optimizer.warmup_steps": 1, "eval_every": 40, "checkpoint_every": 40}
+  flags = (*MICRO_FLAGS, *[f"{k}={v}" for k, v in diverge.items()])
+  # Which step diverges, logging every step: in-process (lr 1e30 breaks the first update
+  # on any mesh); the exit code and the sparse logging are the CLI's, in a subprocess.
+  every = train.run(micro_config(**diverge, log_every=1), str(tmp_path / "every"))
   sparse = run_train(tmp_path / "sparse", *flags, "log_every=10")
-  assert every.returncode == sparse.returncode == train.EXIT_CODES["diverged"], sparse.stderr
+  assert every["status"] == "diverged"
+  assert sparse.returncode == train.EXIT_CODES["diverged"], sparse.stderr
   first = strict_load(tmp_path / "every" / "summary.json")["step"]
+  assert first == every["step"]
   summary = strict_load(tmp_path / "sparse" / "summary.json")
   assert summary["status"] == "diverged" and summary["step"] == first < 10
   assert "non-finite" in summary["error"]
