@@ -80,7 +80,7 @@ def test_tile_scores_equal_the_oracles():
 
 
 @pytest.mark.parametrize("estimator,settings,segments", [
-    ("sparge", ({"topk": 0.3}, {"topp": 0.9, "sim_threshold": 0.5}), True),
+    ("sparge", ({"topk": 0.3, "topp": 0.6, "sim_threshold": 0.5},), True),
     ("prism", ({"topp": 0.7, "high_freq_dims": 2},), False)])
 def test_grid_masks_equal_block_mask(estimator, settings, segments):
   q, k, _, seg = _inputs(1, length=128)
@@ -146,11 +146,9 @@ def test_bad_inputs_name_the_fix_before_anything_is_written(tmp_path):
   assert search.check(search.Options(run=run))[1:] == ("sparge", [0, 1])
   assert search.check(search.Options(run=run, kind="spectral"))[1] == "prism"
   out = tmp_path / "t.json"
-  for args, message in (([f"--run={tmp_path / 'nope'}"], "does not exist"),
-                        ([f"--run={run}", "--kind=linear"], "not a block kind")):
-    proc = subprocess.run([sys.executable, "-m", "experiments.calibrate", *args,
-                           f"--out={out}"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "error: " in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+  proc = subprocess.run([sys.executable, "-m", "experiments.calibrate", f"--run={run}",
+                         "--kind=linear", f"--out={out}"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "error: --kind must be one of" in proc.stderr, proc.stderr[-2000:]
   assert not out.exists() and sorted(os.listdir(run)) == ["checkpoints", "config.json"]
