@@ -51,8 +51,8 @@ def _rms(x):
 def init_rms(cfg, seed=0):
   """{"activation" | "weight" | "gradient": {name: RMS}} of a fresh model on random tokens.
 
-  The probed forward and the gradient run as one jitted program: op by op (eager) they
-  cost minutes per config on CPU, nearly all of it compiling each op."""
+  The probed forward and the gradient run as one jitted program: op by op (eager) each
+  process first compiles every op on its own (the first config took minutes on CPU)."""
   model = models.LM(cfg, rngs=nnx.Rngs(seed))
   tokens = jax.random.randint(jax.random.key(seed), (cfg.batch_size, cfg.seq_len + 1), 0,
                               cfg.model.vocab_size)
