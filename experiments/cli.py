@@ -12,11 +12,12 @@ import runpy
 import sys
 
 COMMANDS = {"train": "experiments.train", "prepare": "experiments.prepare",
-            "launch": "sweeps.launch",
+            "calibrate": "experiments.calibrate", "launch": "sweeps.launch",
             "fit": "sweeps.fit", "prescribe": "sweeps.prescribe", "verify": "sweeps.verify"}
 DESCRIPTIONS = {
     "train": "train one run into a run directory (resumes from its checkpoints)",
     "prepare": "tokenize a corpus once into ArrayRecord shards that training reads",
+    "calibrate": "per-layer sparse-attention thresholds of a trained run at a target error",
     "launch": "launch a sweep definition into a run store (local processes or Slurm)",
     "fit": "fit a scaling law to a run store or a CSV: fit.json, diagnostics, plots",
     "prescribe": "turn a fit into a model config that spends a FLOP budget",
