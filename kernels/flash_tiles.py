@@ -176,6 +176,20 @@ def add_grads(a, b, dtype):
   return (a.astype(jnp.float32) + b.astype(jnp.float32)).astype(dtype)
 
 
+def backward_passes(dq_call, dkv_call, args, lists, skipped_lists, kw, dtypes):
+  """(dq, dk, dv) from a backend's dq and dk/dv kernel calls: one pass over `lists`,
+  or (stage 2) the computed tiles' pass plus the skipped tiles' pass (no dv), summed
+  in float32 and cast to dtypes (q's, k's, v's)."""
+  if skipped_lists is None:
+    return (dq_call(*args, lists, **kw), *dkv_call(*args, lists, **kw))
+  f32 = dict(kw, out_dtype=jnp.float32)
+  dq = add_grads(dq_call(*args, lists, **f32),
+                 dq_call(*args, skipped_lists, skipped=True, **f32), dtypes[0])
+  dk, dv = dkv_call(*args, lists, **f32)
+  (dk_skipped,) = dkv_call(*args, skipped_lists, skipped=True, **f32)
+  return dq, add_grads(dk, dk_skipped, dtypes[1]), dv.astype(dtypes[2])
+
+
 def block_delta(do_BLHK, o_BLHK):
   """delta[b, h, l] = sum_k dO * O in float32 (the softmax-gradient row term)."""
   prod = do_BLHK.astype(jnp.float32) * o_BLHK.astype(jnp.float32)

@@ -267,15 +267,8 @@ def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpr
   delta_BHL = tiles.block_delta(do_BLHK, o_BLHK)
   args = (q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL)
   kw = dict(interpret=interpret, segment_ids_BL=segment_ids_BL)
-  if skipped_lists is None:
-    return (_dq_call(*args, lists, **kw), *_dkv_call(*args, lists, **kw))
-  f32 = dict(kw, out_dtype=jnp.float32)
-  dq = tiles.add_grads(_dq_call(*args, lists, **f32),
-                       _dq_call(*args, skipped_lists, skipped=True, **f32),
-                       q_BLHK.dtype)
-  dk, dv = _dkv_call(*args, lists, **f32)
-  (dk_skipped,) = _dkv_call(*args, skipped_lists, skipped=True, **f32)
-  return dq, tiles.add_grads(dk, dk_skipped, k_BLGK.dtype), dv.astype(v_BLGK.dtype)
+  return tiles.backward_passes(_dq_call, _dkv_call, args, lists, skipped_lists, kw,
+                               (q_BLHK.dtype, k_BLGK.dtype, v_BLGK.dtype))
 
 
 def _dq_call(q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL, lists, *, interpret,

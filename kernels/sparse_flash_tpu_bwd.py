@@ -109,18 +109,9 @@ def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpr
   k_BGLK, v_BGLK = _to_heads_major(k_BLGK), _to_heads_major(v_BLGK)
   args = (q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L)
   kw = dict(interpret=interpret, segment_ids_BL=segment_ids_BL)
-  if skipped_lists is None:
-    dq_BHLK = _dq_call(*args, lists, **kw)
-    dk_BGLK, dv_BGLK = _dkv_call(*args, lists, **kw)
-  else:
-    f32 = dict(kw, out_dtype=jnp.float32)
-    dq_BHLK = tiles.add_grads(_dq_call(*args, lists, **f32),
-                              _dq_call(*args, skipped_lists, skipped=True, **f32),
-                              q_BLHK.dtype)
-    dk_BGLK, dv_BGLK = _dkv_call(*args, lists, **f32)
-    (dk_skipped,) = _dkv_call(*args, skipped_lists, skipped=True, **f32)
-    dk_BGLK = tiles.add_grads(dk_BGLK, dk_skipped, k_BLGK.dtype)
-    dv_BGLK = dv_BGLK.astype(v_BLGK.dtype)
+  dq_BHLK, dk_BGLK, dv_BGLK = tiles.backward_passes(
+      _dq_call, _dkv_call, args, lists, skipped_lists, kw,
+      (q_BLHK.dtype, k_BLGK.dtype, v_BLGK.dtype))
   return (_to_heads_major(dq_BHLK), _to_heads_major(dk_BGLK),
           _to_heads_major(dv_BGLK))
 
