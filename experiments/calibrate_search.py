@@ -18,7 +18,7 @@ SPARGE_TOPK = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0
 SPARGE_TOPP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 SPARGE_SIM = (None, 0.5, 0.8)
 PRISM_TOPP = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0)
-LAMBDAS = (-2.0, -3.0, -4.0, -5.0, -6.0, -8.0, -10.0, -12.0, -16.0)  # most aggressive first
+LAMBDAS = (-0.25, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0, -16.0)  # most aggressive first
 DEFAULT_TOPK = 0.35  # SpargeAttn's maintainers' recommendation when a config has none
 
 
