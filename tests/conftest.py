@@ -1,7 +1,16 @@
 """Test setup: 8 fake CPU devices for the multi-device tests (set before JAX starts)."""
 import os
+import tempfile
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# One persistent compilation cache per test session, shared by the xdist workers and
+# every subprocess they start (env is inherited): most test time is XLA compiling
+# programs that other tests already compiled. A cached executable is the one XLA would
+# build, so results do not change.
+_SESSION = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"chinchax-tests-jax-cache-{_SESSION}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 
