@@ -10,6 +10,7 @@ Used by the threshold calibration (experiments.calibrate) and the recall benchma
 """
 import dataclasses
 import json
+import logging as std_logging
 import os
 
 from absl import logging
@@ -84,8 +85,11 @@ def _restore(run_dir, abstract_state):
   if not os.path.isdir(directory):
     raise ValueError(f"{run_dir!r} has no checkpoints/ yet; train it first (or wait for "
                      "its first checkpoint).")
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # orbax's notes on a read-only manager
+  # Quiet orbax's notes on a read-only manager; restore the absl logger's own level
+  # (often unset), not get_verbosity()'s effective one, or a caller's log capture breaks.
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)
   manager, failures = None, []
   try:
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
@@ -100,7 +104,7 @@ def _restore(run_dir, abstract_state):
   finally:
     if manager is not None:
       manager.close()
-    logging.set_verbosity(verbosity)
+    absl_logger.setLevel(level)
   why = f" ({'; '.join(failures)})" if failures else ""
   raise ValueError(f"no checkpoint in {directory} restores{why}; train the run first "
                    "(or wait for its first checkpoint).")

@@ -22,7 +22,7 @@ def _rel(a, b):
 # Ragged: block_q != block_k, GQA, topk with a static bound (gathered) and without.
 PARAMS = [dict(estimator="sparge", topk=0.5, block_q=16, block_k=8),
           dict(estimator="sparge", topp=0.9, block_q=8, block_k=16, max_blocks=8),
-          dict(estimator="static", window_blocks=3, sink_blocks=1, block_q=16, block_k=16)]
+          dict(estimator="static", window_blocks=2, sink_blocks=1, block_q=8, block_k=8)]
 
 
 @pytest.mark.parametrize("params", PARAMS)
