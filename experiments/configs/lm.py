@@ -129,6 +129,8 @@ def _mesh():
   c.fsdp = 1
   c.tensor = 1
   c.sequence = 1
+  c.context = "ulysses"     # sequence > 1: ulysses | untied (all-to-all head_chunks at a time)
+  c.head_chunks = 1         # untied: chunks of each device's heads (divides them)
   c.rules = parallel.DEFAULT_RULES
   return c
 
