@@ -1,10 +1,12 @@
-"""Train-step throughput: tokens/s and achieved FLOP/s vs this machine's matmul rate.
+"""Train-step throughput: tokens/s, achieved FLOP/s and MFU.
 
-  python benchmarks/train_step.py [--variants=tiny,small] [--steps=20]
+  python benchmarks/train_step.py [--variants=tiny,small] [--steps=20] [--peak_flops=989e12]
 
-The reference rate is a float32 matmul (jit, 2048^3 by default) measured in the
-same process; the step's FLOPs come from models.flops_per_token (Chinchilla
-counting, training = 3x forward), so the fraction is a model-FLOPs utilisation.
+FLOP/s is given under both conventions of models.flops: `exec` the work the kernels
+do (the count sweeps use), `model` the Chinchilla/PaLM model FLOPs (attention over
+the full L). MFU = model FLOPs per step / (seconds per step x peak FLOP/s), as in
+the literature. Without --peak_flops the peak is a float32 matmul (jit, 2048^3 by
+default) measured in the same process, so MFU is relative to this machine's rate.
 """
 import time
 
@@ -21,6 +23,8 @@ from experiments.configs import lm
 _VARIANTS = flags.DEFINE_list("variants", ["tiny", "small"], "lm.py variants to time.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per variant (after 3 warm-up steps).")
 _MATMUL = flags.DEFINE_integer("matmul", 2048, "Size n of the n x n x n reference matmul.")
+_PEAK = flags.DEFINE_float("peak_flops", None, "The device's peak FLOP/s for MFU (e.g. "
+                           "989e12: H100/H200 bf16 dense); default: the measured matmul.")
 
 
 def matmul_flops_per_sec(n, repeats=10):
@@ -56,20 +60,25 @@ def time_variant(name, steps):
   return {"variant": name, "params": models.count_params(cfg)["total"],
           "tokens/step": tokens, "step ms": 1e3 * seconds,
           "tokens/s": tokens / seconds,
-          "FLOP/s": tokens * models.flops_per_token(cfg) / seconds}
+          "seconds": seconds, "cfg": cfg,
+          "FLOP/s": models.flops_per_step(cfg) / seconds,
+          "model FLOP/s": models.flops_per_step(cfg, convention="chinchilla") / seconds}
 
 
 def main(argv):
   del argv
   rate = matmul_flops_per_sec(_MATMUL.value)
+  peak = _PEAK.value or rate
   print(f"backend {jax.default_backend()}, float32 matmul {_MATMUL.value}^3: "
-        f"{rate / 1e9:.1f} GFLOP/s")
+        f"{rate / 1e9:.1f} GFLOP/s; MFU against {peak / 1e9:.1f} GFLOP/s")
   print(f"{'variant':>8} {'params':>10} {'tokens/step':>11} {'step ms':>9} "
-        f"{'tokens/s':>10} {'GFLOP/s':>9} {'of matmul':>9}")
+        f"{'tokens/s':>10} {'exec GFLOP/s':>12} {'model GFLOP/s':>13} {'MFU':>7}")
   for name in _VARIANTS.value:
     r = time_variant(name, _STEPS.value)
+    mfu = models.mfu(r["cfg"], r["seconds"], peak)
     print(f"{r['variant']:>8} {r['params']:>10,} {r['tokens/step']:>11,} {r['step ms']:>9.1f} "
-          f"{r['tokens/s']:>10,.0f} {r['FLOP/s'] / 1e9:>9.2f} {r['FLOP/s'] / rate:>9.1%}")
+          f"{r['tokens/s']:>10,.0f} {r['FLOP/s'] / 1e9:>12.2f} "
+          f"{r['model FLOP/s'] / 1e9:>13.2f} {mfu:>7.1%}")
 
 
 if __name__ == "__main__":

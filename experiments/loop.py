@@ -19,6 +19,7 @@ import numpy as np
 
 import models
 import parallel
+from kernels import dispatch
 from experiments import checkpoint, config as config_lib, data as data_lib, identity, logs
 from experiments import metrics, progress as progress_lib
 from experiments import state as state_lib
@@ -29,6 +30,16 @@ STATUSES = ("running", "done", "failed", "diverged", "preempted")
 # training started, 2 bad input (nothing written), 3 diverged, 4 failed.
 EXIT_CODES = {"done": 0, "preempted": 0, "diverged": 3, "failed": 4}
 EXIT_BAD_INPUT = logs.EXIT_BAD_INPUT
+# Cumulative FLOPs logged under each convention (models.flops): `flops` is the executed
+# work that sweeps and fits read, `flops_chinchilla` the model FLOPs behind MFU.
+FLOP_FIELDS = {"flops": "executed", "flops_chinchilla": "chinchilla"}
+
+
+def counting_config(cfg):
+  """cfg with attention.impl resolved ("auto": what runs on this backend), so the
+  executed count is that impl's work (kernels.builtin_kinds.linear_flops reads it)."""
+  impl = dispatch.resolve_impl(cfg.attention.impl, cfg.attention.kind)
+  return config_lib.override(cfg, {"attention.impl": impl})
 
 
 class RunFailed(RuntimeError):
@@ -123,12 +134,13 @@ def setup(cfg, workdir):
 def start_summary(s):
   cfg, previous = s.cfg, s.previous
   counts = models.count_params(cfg)
+  counted = counting_config(cfg)
   fields = {
       "status": "running", "step": previous.get("step", 0), "steps": cfg.steps,
       "config_hash": s.fingerprint,
       "params": counts["total"], "params_non_embedding": counts["non_embedding"],
-      "flops_per_token": models.flops_per_token(cfg), "tokens": previous.get("tokens", 0),
-      "flops": previous.get("flops", 0),
+      "flops_per_token": models.flops_per_token(counted), "tokens": previous.get("tokens", 0),
+      **{field: previous.get(field, 0) for field in FLOP_FIELDS},
       "final_loss": previous.get("final_loss"), "eval_loss": previous.get("eval_loss"),
       "wall_seconds": previous.get("wall_seconds", 0.0), "versions": identity.library_versions(TRAINING_LIBRARIES),
       "attention_kinds": models.layer_kinds(cfg), **s.data.summary,
@@ -148,22 +160,26 @@ def _init_from(run_dir, abstract_state, state):
 
 
 def restore(s, train_iter):
-  """(start step, state, flops, wall_seconds) to continue from. flops and wall come
-  from the metrics record written at the checkpoint's step (later records are
-  dropped: the resumed run rewrites them), so work redone after a kill counts once."""
+  """(start step, state, flops {FLOP_FIELDS field: count}, wall_seconds) to continue
+  from. flops and wall come from the metrics record written at the checkpoint's step
+  (later records are dropped: the resumed run rewrites them), so work redone after a
+  kill counts once."""
   start, state = s.ckpt.restore_latest(s.program.abstract_state, train_iter)
   if state is None:
     state = s.program.init()
     if s.cfg.get("init_from"):
       state = _init_from(s.cfg.init_from, s.program.abstract_state, state)
-  flops, wall = start * s.tokens_per_step * models.flops_per_token(s.cfg), 0.0
+  counted = counting_config(s.cfg)
+  flops = {field: start * s.tokens_per_step * models.flops_per_token(counted, convention=c)
+           for field, c in FLOP_FIELDS.items()}
+  wall = 0.0
   if s.is_writer:
     path = os.path.join(s.workdir, metrics.METRICS)
     metrics.truncate_metrics(path, start)
     kept, _ = metrics.read_metrics(path)
     if start and kept and kept[-1]["step"] == start:
       # Records from before wall_seconds was logged: the old summary's (an upper bound).
-      flops = kept[-1].get("flops") or flops
+      flops = {field: kept[-1].get(field) or n for field, n in flops.items()}
       wall = kept[-1].get("wall_seconds", s.previous.get("wall_seconds")) or 0.0
   return start, state, flops, wall
 
@@ -174,6 +190,7 @@ class StepLoop:
   def __init__(self, s, train_iter, summary, writer, start, flops, wall):
     self.s, self.train_iter, self.summary, self.writer = s, train_iter, summary, writer
     self.start, self.flops, self.base_wall = start, flops, wall
+    self.counted = counting_config(s.cfg)
     self.wall0 = self.last_time = time.time()
     self.progress = progress_lib.TrainProgress(s.cfg.steps, start)
     self.last_step = start
@@ -198,9 +215,10 @@ class StepLoop:
     pv_skip = float(m["attn_pv_skip"]) if "attn_pv_skip" in m else None
     # Sparse kinds: the interval since the last record is charged at the density
     # (and stage-2 skip) measured now: the count for what the kernels computed.
-    self.flops += (step - self.last_step) * tokens * models.flops_per_token(
-        cfg, density, pv_skip)
-    record = {"step": step, "tokens": step * tokens, "flops": self.flops,
+    self.flops = {field: n + (step - self.last_step) * tokens * models.flops_per_token(
+        self.counted, density, pv_skip, convention=FLOP_FIELDS[field])
+        for field, n in self.flops.items()}
+    record = {"step": step, "tokens": step * tokens, **self.flops,
               "loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
               "tokens_per_sec": (step - self.last_step) * tokens / max(now - self.last_time, 1e-9),
               "wall_seconds": self.base_wall + now - self.wall0}
@@ -222,7 +240,7 @@ class StepLoop:
       self.s.ckpt.save(step, state, self.train_iter,
                        {"fingerprint": self.s.fingerprint, "config": self.s.cfg_dict}, force=True)
     self.summary.update(
-        step=step, tokens=record["tokens"], flops=record["flops"],
+        step=step, tokens=record["tokens"], **{f: record[f] for f in FLOP_FIELDS},
         attn_density=record.get("attn_density"), final_loss=record["loss"],
         eval_loss=record.get("eval_loss", self.summary.fields["eval_loss"]),
         wall_seconds=record["wall_seconds"])
@@ -272,7 +290,7 @@ def run(cfg, workdir):
     writer = metrics.MetricsWriter(workdir, enabled=s.is_writer, wandb_cfg=cfg.wandb,
                                    config=s.cfg_dict)
     summary.update(status="running", step=start, tokens=start * s.tokens_per_step,
-                   flops=flops, wall_seconds=wall)
+                   **flops, wall_seconds=wall)
     loop = StepLoop(s, train_iter, summary, writer, start, flops, wall)
     status = loop.run(state, preemption)
     s.ckpt.close()

@@ -8,7 +8,8 @@ from kernels.lazy import loader
 _EXPORTS = {"LM": "models.transformer", "width_mult": "models.parametrization",
             "depth_mult": "models.parametrization",
             "count_params": "models.flops", "flops_per_token": "models.flops",
-            "flops_breakdown": "models.flops", "layer_kinds": "models.layout",
+            "flops_breakdown": "models.flops", "flops_per_step": "models.flops",
+            "mfu": "models.flops", "layer_kinds": "models.layout",
             "attention_stats": "models.attention"}
 
 __all__ = sorted(_EXPORTS)

@@ -50,7 +50,9 @@ def test_sparse_run_logs_density_and_counts_fewer_flops(tmp_path, micro_cfg):
   assert 0 < density < 1
   tokens = 10 * cfg.batch_size * cfg.seq_len
   assert sparse["flops"] == pytest.approx(tokens * models.flops_per_token(cfg, density))
+  assert sparse["flops_chinchilla"] == pytest.approx(
+      tokens * models.flops_per_token(cfg, density, convention="chinchilla"))
   dense = micro_cfg(**{"steps": 10, "seq_len": 64})
   assert sparse["flops"] < tokens * models.flops_per_token(dense)
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert all("attn_density" in line for line in lines)
+  assert all("attn_density" in line and "flops_chinchilla" in line for line in lines)
