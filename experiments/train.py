@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 import models
 import parallel
+from parallel import context as parallel_context
 from experiments import config as config_lib, logs, state as state_lib
 from experiments.loop import EXIT_BAD_INPUT, EXIT_CODES, STATUSES, RunFailed, run  # noqa: F401
 from experiments.validation import validate
@@ -47,7 +48,11 @@ def compile_only(cfg):
   }
   shape = ", ".join(f"{a}={n}" for a, n in mesh.shape.items())
   params_m = models.count_params(cfg)["total"] / 1e6
-  print(f"compile-only: {params_m:,.1f}M params on mesh ({shape}), {mesh.size} "
+  context = parallel_context.active(mesh)
+  scheme = "" if mesh.shape["sequence"] == 1 else (
+      f", context {context.mode}" + (f" x{context.head_chunks} head chunks"
+                                     if context.chunked else ""))
+  print(f"compile-only: {params_m:,.1f}M params on mesh ({shape}){scheme}, {mesh.size} "
         f"{jax.default_backend()} devices")
   print(f"{'':>16} {'total MiB':>12} {'per device MiB':>15}")
   for name, (total, per_device) in report.items():

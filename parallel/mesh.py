@@ -1,9 +1,12 @@
-"""Device mesh from the config's `mesh.data/fsdp/tensor/sequence` sizes."""
+"""Device mesh from the config's `mesh.data/fsdp/tensor/sequence` sizes (and the
+context-parallel scheme, `mesh.context` / `mesh.head_chunks`, parallel/context.py)."""
 import math
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
+
+from parallel import context as context_lib
 
 AXES = ("data", "fsdp", "sequence", "tensor")  # tensor last: innermost, fastest links
 
@@ -33,15 +36,20 @@ def axis_sizes(mesh_cfg, num_devices):
 
 
 def make_mesh(mesh_cfg, devices=None):
-  """A Mesh with axes (data, fsdp, sequence, tensor), Auto axis types.
+  """A Mesh with axes (data, fsdp, sequence, tensor), Auto axis types; records the
+  config's context-parallel scheme for it (`parallel.attention` reads it).
 
   `jax.make_mesh` orders devices so the innermost (last) axis gets the fastest
   interconnect; tensor parallelism communicates the most, so it goes last.
   """
   devices = jax.devices() if devices is None else devices
   sizes = axis_sizes(mesh_cfg, len(devices))
+  context = context_lib.from_config(mesh_cfg, sizes["sequence"])
   shape = tuple(sizes[a] for a in AXES)
   if devices is jax.devices() or list(devices) == jax.devices():
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
-  return Mesh(np.asarray(devices).reshape(shape), AXES,
-              axis_types=(AxisType.Auto,) * len(AXES))
+    mesh = jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+  else:
+    mesh = Mesh(np.asarray(devices).reshape(shape), AXES,
+                axis_types=(AxisType.Auto,) * len(AXES))
+  context_lib.record(mesh, context)
+  return mesh

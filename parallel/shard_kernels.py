@@ -6,7 +6,9 @@ kernel runs inside `jax.shard_map` on per-device blocks: batch split like the
 `length` rule active (sequence > 1, context parallelism), an all-to-all
 (DeepSpeed-Ulysses) trades the sequence shards for head shards before the
 kernel and back after it, so every attention kind sees whole sequences and
-needs no cross-device logic of its own.
+needs no cross-device logic of its own. Under `mesh.context="untied"` that exchange
+runs `mesh.head_chunks` heads at a time (parallel/context.py), so only one chunk
+of heads is resident at full sequence length.
 """
 import math
 
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 import kernels
-from parallel import rules as rules_lib
+from parallel import context as context_lib, rules as rules_lib
 
 
 def _axes(entry, mesh):
@@ -39,7 +41,7 @@ def _kv_repeats(kv_heads, shards):
   return math.lcm(kv_heads, shards) // kv_heads
 
 
-def _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes):
+def _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes, context):
   B, L, H, _ = q_BLHK.shape
   if B % _size(mesh, batch_axes):
     raise ValueError(
@@ -57,6 +59,7 @@ def _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes):
         f"{H} query heads cannot be split over {shards} devices (mesh axes "
         f"{head_axes + seq_axes}: sequence x tensor); heads must be divisible by "
         "mesh.sequence * mesh.tensor. Change model.heads or the mesh.")
+  context_lib.check(context, H, shards)
 
 
 def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **params):
@@ -77,10 +80,14 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
   spec = rules_lib.spec_for(("batch", "length", "heads"), rules_lib.active_rules(),
                             mesh.axis_names)
   batch_axes, seq_axes, head_axes = (_axes(e, mesh) for e in spec)
-  _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes)
+  context = context_lib.active(mesh)
+  _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes, context)
+  chunks = context.head_chunks if context.chunked else 1
   # kv heads are split over the same axes as the query heads (not the
-  # `kv_heads` rule), so each device holds the kv heads its query heads use.
-  repeats = _kv_repeats(k_BLGK.shape[2], _size(mesh, head_axes) * _size(mesh, seq_axes))
+  # `kv_heads` rule), so each device holds the kv heads its query heads use;
+  # under untied every chunk of them too.
+  tensor, sequence = _size(mesh, head_axes), _size(mesh, seq_axes)
+  repeats = _kv_repeats(k_BLGK.shape[2], tensor * sequence * chunks)
   if repeats > 1:
     k_BLGK = jnp.repeat(k_BLGK, repeats, axis=2)
     v_BLGK = jnp.repeat(v_BLGK, repeats, axis=2)
@@ -107,19 +114,19 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
   return_skipped = static.get("return_skipped", False)
   # [B, H, ...] outputs per device: batch as q, heads split over tensor, then sequence.
   heads_spec = PartitionSpec(_entry(batch_axes), _entry(head_axes + seq_axes), None, None)
+  # Under untied a device attends to its heads chunk after chunk: lay the [B, H, ...]
+  # arrays out so that its block holds them in that order.
+  order = None if chunks == 1 else context_lib.chunk_heads_order(
+      q_BLHK.shape[2], tensor, sequence, chunks)
 
   def seq_to_heads(x):
     return jax.lax.all_to_all(x, seq_axis, split_axis=2, concat_axis=1, tiled=True)
 
-  def local(q, k, v, *arrays):
-    local_static = dict(static)
-    if segments is not None:
-      *arrays, seg_BL = arrays
-      # Every device attends over whole sequences: gather the sequence shards.
-      local_static["segment_ids_BL"] = (
-          jax.lax.all_gather(seg_BL, seq_axis, axis=1, tiled=True) if seq_axes else seg_BL)
+  def attend(local_static, q, k, v, *arrays):
+    """Sequence shards in, sequence shards out; whole sequences in between."""
     if mask is not None:
-      *arrays, local_static["mask_BHQK"] = arrays
+      *arrays, mask_BHQK = arrays
+      local_static = {**local_static, "mask_BHQK": mask_BHQK}
     if seq_axes:
       q, k, v = seq_to_heads(q), seq_to_heads(k), seq_to_heads(v)
       arrays = [seq_to_heads(a) for a in arrays]
@@ -128,13 +135,31 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
     o, skipped = o if return_skipped else (o, None)
     if seq_axes:
       o = jax.lax.all_to_all(o, seq_axis, split_axis=1, concat_axis=2, tiled=True)
+    return o, skipped
+
+  def local(q, k, v, *arrays):
+    local_static = dict(static)
+    if segments is not None:
+      *arrays, seg_BL = arrays
+      # Every device attends over whole sequences: gather the sequence shards.
+      local_static["segment_ids_BL"] = (
+          jax.lax.all_gather(seg_BL, seq_axis, axis=1, tiled=True) if seq_axes else seg_BL)
+    if chunks == 1:
+      o, skipped = attend(local_static, q, k, v, *arrays)
+    else:  # heads are axis 2 of q, k, v and the [B, L, H] arrays, axis 1 of the mask
+      axes = (2,) * (3 + len(names)) + ((1,) if mask is not None else ())
+      inputs = [context_lib.to_chunks(x, chunks, a) for x, a in zip((q, k, v, *arrays), axes)]
+      o, skipped = context_lib.over_chunks(
+          lambda *xs: attend(local_static, *xs), inputs)
+      o = context_lib.from_chunks(o, 2)
+      skipped = None if skipped is None else context_lib.from_chunks(skipped, 1)
     return (o, skipped) if return_skipped else o
 
   arrays = [per_head[n] for n in names]
   in_specs = (spec_of(4),) * 3 + tuple(spec_of(a.ndim) for a in arrays)
   if mask is not None:
     # After the all-to-all a device holds heads split over tensor, then sequence.
-    arrays.append(mask)
+    arrays.append(mask if order is None else jnp.take(mask, order, axis=1))
     in_specs += (heads_spec,)
   if segments is not None:  # [B, L]: split like q's batch and sequence
     arrays.append(segments)
@@ -144,4 +169,8 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
   out_specs = (spec_of(4), heads_spec) if return_skipped else spec_of(4)
   sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                           check_vma=False)
-  return sharded(q_BLHK, k_BLGK, v_BLGK, *arrays)
+  out = sharded(q_BLHK, k_BLGK, v_BLGK, *arrays)
+  if return_skipped and order is not None:
+    o, skipped = out
+    return o, jnp.take(skipped, jnp.argsort(order), axis=1)
+  return out
