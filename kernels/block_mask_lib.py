@@ -64,14 +64,21 @@ def from_mask(mask_BHQK, *, block_q, block_k, causal=True):
                    kept / total, block_q, block_k)
 
 
-def expand_to_tokens(mask_BHQK, block_q, block_k):
-  """bool [B, H, nQ*block_q, nK*block_k]: the block mask at token resolution."""
-  return jnp.repeat(jnp.repeat(mask_BHQK, block_q, axis=-2), block_k, axis=-1)
+def expand_to_tokens(mask_BHQK, block_q, block_k, length=None):
+  """bool [B, H, L, L]: the block mask at token resolution; `length` (default nQ
+  block_q x nK block_k) cuts a partial last block."""
+  tokens = jnp.repeat(jnp.repeat(mask_BHQK, block_q, axis=-2), block_k, axis=-1)
+  return tokens if length is None else tokens[..., :length, :length]
 
 
 def segment_ranges(segment_ids_BL, block):
-  """(min, max) segment id per block: [B, L/block] each."""
-  blocks_BNb = segment_ids_BL.reshape(segment_ids_BL.shape[0], -1, block)
+  """(min, max) segment id per block: [B, ceil(L/block)] each (a partial last block:
+  over its real tokens; the last id is repeated, which changes neither)."""
+  batch, length = segment_ids_BL.shape
+  padded = -(-length // block) * block
+  if padded != length:
+    segment_ids_BL = jnp.pad(segment_ids_BL, [(0, 0), (0, padded - length)], mode="edge")
+  blocks_BNb = segment_ids_BL.reshape(batch, -1, block)
   return jnp.min(blocks_BNb, axis=-1), jnp.max(blocks_BNb, axis=-1)
 
 

@@ -38,7 +38,7 @@ _BACKENDS = {
 }
 
 
-def _valid_blocks(seq_len, platform, interpret):
+def valid_blocks(seq_len, platform, interpret):
   """Block sizes that divide seq_len and satisfy the compiled platform's tiling."""
   sizes = [d for d in range(8, seq_len + 1, 8) if seq_len % d == 0]
   if interpret:
@@ -60,14 +60,15 @@ def check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform, interpret):
   if num_heads % k_BLGK.shape[2]:
     raise ValueError(f"query heads {num_heads} must be a multiple of kv heads "
                      f"{k_BLGK.shape[2]}.")
-  valid = _valid_blocks(seq_len, platform, interpret)
+  valid = valid_blocks(seq_len, platform, interpret)
   for name, block in (("block_q", block_q), ("block_k", block_k)):
     if block not in valid:
-      problem = (f"seq_len {seq_len} is not a multiple of {name} {block}"
-                 if seq_len % block else
-                 f"{name} {block} does not fit the {platform!r} kernel tiling")
+      if seq_len % block:  # a BlockMask fixes the geometry; kernels.attention pads for you
+        raise ValueError(
+            f"seq_len {seq_len} is not a multiple of {name} {block}; pad the sequence to "
+            f"a multiple of {block} (kernels.attention and flash_attention do, for any length).")
       raise ValueError(
-          f"{problem}; pad the sequence or choose {name} in "
+          f"{name} {block} does not fit the {platform!r} kernel tiling; choose {name} in "
           f"{valid or 'a padded seq_len (multiple of 128)'}.")
   if platform == "cuda" and not interpret and (head_dim < 16 or head_dim & (head_dim - 1)):
     raise ValueError(f"head_dim {head_dim} must be a power of two >= 16 for the GPU "

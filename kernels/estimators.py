@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.block_mask_lib import causal_blocks
+from kernels.padding import num_blocks, pad_tokens
 
 _EPS = 1e-6
 
@@ -98,17 +99,26 @@ def repeat_heads(x_BG, num_heads):
 
 
 def pool_blocks(x_BLHK, block):
-  """float32 [B, H, L/block, K]: mean of each block's vectors."""
+  """float32 [B, H, ceil(L/block), K]: mean of each block's vectors; a partial last
+  block is averaged over its real tokens only (padding is not content)."""
   batch, length, heads, dim = x_BLHK.shape
-  blocks = x_BLHK.astype(jnp.float32).reshape(batch, length // block, block, heads, dim)
-  return jnp.transpose(jnp.mean(blocks, axis=2), (0, 2, 1, 3))
+  count = num_blocks(length, block)
+  x = pad_tokens(x_BLHK.astype(jnp.float32), count * block)
+  blocks = x.reshape(batch, count, block, heads, dim)
+  if length % block:
+    tokens_N = np.minimum(block, length - np.arange(count) * block)
+    means = jnp.sum(blocks, axis=2) / tokens_N[None, :, None, None].astype(np.float32)
+  else:
+    means = jnp.mean(blocks, axis=2)
+  return jnp.transpose(means, (0, 2, 1, 3))
 
 
 def self_similarity(x_BLHK, block):
-  """float32 [B, H, L/block]: mean pairwise cosine similarity inside each block.
+  """float32 [B, H, ceil(L/block)]: mean pairwise cosine similarity inside each block.
 
   Averages over all ordered pairs including i == j (as SpargeAttn does), which
-  equals the squared norm of the block's mean unit vector: O(L K), no gram.
+  equals the squared norm of the block's mean unit vector: O(L K), no gram (a
+  partial last block: pairs of its real tokens).
   """
   x = x_BLHK.astype(jnp.float32)
   norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
@@ -210,7 +220,7 @@ def sparge_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topk=None,
   q_BLHK = jax.lax.stop_gradient(q_BLHK)
   k_BLGK = jax.lax.stop_gradient(k_BLGK)
   num_heads, head_dim = q_BLHK.shape[2], q_BLHK.shape[3]
-  num_q, num_k = q_BLHK.shape[1] // block_q, k_BLGK.shape[1] // block_k
+  num_q, num_k = num_blocks(q_BLHK.shape[1], block_q), num_blocks(k_BLGK.shape[1], block_k)
   pool_q_BHQK = pool_blocks(q_BLHK, block_q)
   pool_k_BHNK = repeat_heads(pool_blocks(k_BLGK, block_k), num_heads)
   reachable_QK = allowed_blocks(num_q, num_k, block_q, block_k, causal, allowed_BXQK)
@@ -294,7 +304,7 @@ def prism_scores(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, high_freq_dim
   k_BLGK = jax.lax.stop_gradient(k_BLGK)
   num_heads, head_dim = q_BLHK.shape[2], q_BLHK.shape[3]
   dims = band_dims(head_dim, high_freq_dims, low_freq_dims)
-  num_q, num_k = q_BLHK.shape[1] // block_q, k_BLGK.shape[1] // block_k
+  num_q, num_k = num_blocks(q_BLHK.shape[1], block_q), num_blocks(k_BLGK.shape[1], block_k)
   pool_q_BHQK = pool_blocks(q_BLHK, block_q)
   pool_k_BHNK = repeat_heads(pool_blocks(k_BLGK, block_k), num_heads)
   reachable_QK = allowed_blocks(num_q, num_k, block_q, block_k, causal, allowed_BXQK)
@@ -322,7 +332,7 @@ def prism_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topp=0.95,
   then the larger of the two band probabilities); `allowed_BXQK` restricts it to
   blocks sharing a document, as in sparge.
   """
-  num_q, num_k = q_BLHK.shape[1] // block_q, k_BLGK.shape[1] // block_k
+  num_q, num_k = num_blocks(q_BLHK.shape[1], block_q), num_blocks(k_BLGK.shape[1], block_k)
   probs = prism_scores(q_BLHK, k_BLGK, block_q=block_q, block_k=block_k, causal=causal,
                        high_freq_dims=high_freq_dims, low_freq_dims=low_freq_dims,
                        allowed_BXQK=allowed_BXQK)

@@ -9,7 +9,7 @@ With segment ids (packed documents) the lists depend on the data: they are
 built at run time from the blocks that may share a segment, so tiles between
 different documents are never loaded, and every computed tile is masked.
 """
-from kernels import block_sparse, flash_lists
+from kernels import block_sparse, flash_lists, padding
 from kernels.platform import resolve_platform
 
 
@@ -19,13 +19,26 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
 
   segment_ids_BL (int [B, L], optional): query i sees key j only if their ids
   are equal (document masking); rows that see no key return 0.
-  Blocks larger than the sequence shrink to it; otherwise seq_len must be a
-  multiple of both block sizes. interpret=None interprets on a CPU backend;
-  platform ("tpu" | "cuda" | None = from the backend) picks the kernel variant.
+  Any seq_len: blocks larger than the sequence shrink to it (to a power of two
+  >= 16 where the kernel tiling needs one), and a length the blocks do not
+  divide is padded and masked (kernels.padding). interpret=None interprets on a
+  CPU backend; platform ("tpu" | "cuda" | None = from the backend) picks the
+  kernel variant.
   """
   platform, interpret = resolve_platform(platform, interpret)
   seq_len = q_BLHK.shape[1] if q_BLHK.ndim == 4 else 0
-  block_q, block_k = min(block_q, seq_len), min(block_k, seq_len)
+  block_q = _fit_block(block_q, seq_len, platform, interpret)
+  block_k = _fit_block(block_k, seq_len, platform, interpret)
+  padded = padding.padded_length(seq_len, block_q, block_k) if seq_len else 0
+  if padded != seq_len:
+    own_segment = padding.needs_own_segment(causal, segment_ids_BL)
+    if segment_ids_BL is not None:
+      block_sparse.check_segment_ids(segment_ids_BL, q_BLHK)
+    q, k, v, seg = padding.pad_inputs(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, padded,
+                                      own_segment=own_segment)
+    o_BLHK = flash_attention(q, k, v, causal=causal, segment_ids_BL=seg, block_q=block_q,
+                             block_k=block_k, interpret=interpret, platform=platform)
+    return o_BLHK[:, :seq_len]
   block_sparse.check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform,
                             interpret)
   if segment_ids_BL is None:
@@ -37,3 +50,13 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
     lists = flash_lists.from_block_mask(block_mask, causal=causal, segmented=True)
   return block_sparse.run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
                                 interpret=interpret, segment_ids_BL=segment_ids_BL)
+
+
+def _fit_block(block, seq_len, platform, interpret):
+  """`block`, or for a shorter sequence the sequence itself when the platform's
+  tiling takes it, else the power of two >= 16 that covers it (then padded)."""
+  if not seq_len or seq_len >= block:
+    return block
+  if seq_len in block_sparse.valid_blocks(seq_len, platform, interpret):
+    return seq_len
+  return min(block, max(16, 1 << (seq_len - 1).bit_length()))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels import block_mask_lib
-from kernels import dense, estimators, kinds, pv_skip
+from kernels import dense, estimators, kinds, padding, pv_skip
 from kernels.gathered import gathered_attention
 from kernels.kinds import ESTIMATOR_PARAMS, ESTIMATORS  # noqa: F401  (importers use these)
 
@@ -50,14 +50,6 @@ def _check_geometry(q, k, block_q, block_k):
     raise ValueError(
         f"block-sparse attention needs equal query and key lengths; got {q.shape[1]} "
         f"and {k.shape[1]}.")
-  length = q.shape[1]
-  for name, block in (("block_q", block_q), ("block_k", block_k)):
-    if length % block:
-      fits = [b for b in (512, 256, 128, 64, 32, 16, 8) if length % b == 0]
-      hint = f"e.g. {name}={fits[0]}" if fits else "pad the sequence"
-      raise ValueError(
-          f"sequence length {length} is not a multiple of {name}={block}; pad the "
-          f"sequence to a multiple of {block} or choose a {name} that divides it ({hint}).")
 
 
 def _diagonal_width(num_q, block_q, block_k):
@@ -127,7 +119,7 @@ def _estimate(q, k, estimator, block_q, block_k, causal, params, segment_ids_BL=
   """(mask_BHQK, is_static); a static mask is [1, 1, nQ, nK] and concrete. With
   segment ids the mask keeps only blocks that share a document ([B, ...], dynamic)."""
   head_dim = q.shape[3]
-  num_q, num_k = q.shape[1] // block_q, k.shape[1] // block_k
+  num_q, num_k = padding.num_blocks(q.shape[1], block_q), padding.num_blocks(k.shape[1], block_k)
   p = _check_params(estimator, head_dim, num_q, num_k, block_q, block_k, params)
   allowed = _segment_blocks(segment_ids_BL, block_q, block_k)
   if estimator == "static":
@@ -200,7 +192,13 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
   if impl not in ("pallas", "xla", "reference"):
     raise ValueError(f"block-sparse attention has impls 'pallas', 'xla', 'reference'; got {impl!r}.")
   pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
+  length = q.shape[1]
+  real_blocks = (padding.num_blocks(length, block_q), padding.num_blocks(length, block_k))
   if mask_BHQK is not None:  # estimated once by the caller (see the module docstring)
+    if tuple(mask_BHQK.shape[-2:]) != real_blocks:
+      raise ValueError(
+          f"mask_BHQK has blocks {tuple(mask_BHQK.shape[-2:])}; expected {real_blocks} = "
+          f"ceil(seq_len {length} / ({block_q}, {block_k})), as the estimators give.")
     mask, is_static = mask_BHQK, False
     allowed = _segment_blocks(segment_ids_BL, block_q, block_k)
     mask = mask if allowed is None else mask & allowed
@@ -208,6 +206,27 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
     # A static mask is [1, 1, nQ, nK]: one list shared by every batch row and head.
     mask, is_static = _estimate(q, k, estimator, block_q, block_k, causal, params,
                                 segment_ids_BL)
+  run = functools.partial(_run_mask, impl=impl, is_static=is_static, estimator=estimator,
+                          block_q=block_q, block_k=block_k, causal=causal,
+                          pv_threshold=pv_threshold, return_skipped=return_skipped,
+                          params=params)
+  padded = padding.padded_length(length, block_q, block_k)
+  if padded == length:
+    return run(q, k, v, mask, segment_ids_BL)
+  # Ragged length: the mask was chosen on the real tokens; run on the padded ones.
+  own_segment = padding.needs_own_segment(causal, segment_ids_BL, pv_threshold)
+  q, k, v, seg = padding.pad_inputs(q, k, v, segment_ids_BL, padded, own_segment=own_segment)
+  mask = padding.pad_blocks(mask, padded // block_q, padded // block_k)
+  out = run(q, k, v, mask, seg)
+  if not return_skipped:
+    return out[:, :length]
+  o_BLHK, skipped_BHQK = out
+  return o_BLHK[:, :length], padding.slice_blocks(skipped_BHQK, *real_blocks)
+
+
+def _run_mask(q, k, v, mask, segment_ids_BL, *, impl, is_static, estimator, block_q,
+              block_k, causal, pv_threshold, return_skipped, params):
+  """Runs `impl` on a block mask whose blocks tile q's length exactly."""
   seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
   stage2 = {} if pv_threshold is None else {"pv_threshold": pv_threshold}
   if impl == "pallas":

@@ -132,8 +132,6 @@ def test_attention_density():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(kind="block_sparse", block_q=64, block_k=32), "not a multiple of block_q=64"),
-    (dict(kind="block_sparse", block_q=16, block_k=40), "not a multiple of block_k=40"),
     (dict(kind="block_sparse", estimator="dense"), "takes estimator 'static' or 'sparge'"),
     (dict(kind="block_sparse", estimator="prism"), "attention kind 'spectral'"),
     (dict(kind="block_sparse", topk=0.3), "does not use topk=0.3"),

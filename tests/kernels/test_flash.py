@@ -58,12 +58,6 @@ def test_attention_entry_point_dispatches_dense_pallas():
   assert float(jnp.max(jnp.abs(out - ref))) < 1e-5, seed
 
 
-def test_seq_len_not_multiple_of_block_names_the_fix():
-  q = jnp.zeros((1, 100, 2, 32))
-  with pytest.raises(ValueError, match=r"seq_len 100 is not a multiple of block_q 32.*pad"):
-    flash_attention(q, q, q, block_q=32, block_k=32, interpret=True)
-
-
 def test_compiled_gpu_blocks_must_be_powers_of_two():
   q = jax.ShapeDtypeStruct((1, 96, 2, 32), jnp.float32)
   with pytest.raises(ValueError, match=r"block_q 48 does not fit the 'cuda'.*choose block_q in \[16, 32\]"):
