@@ -29,11 +29,10 @@ MFU = chinchilla FLOPs per step / (seconds per step x peak FLOP/s) (`mfu`).
 Imports no JAX, so sweep plans (`sweeps.launch --dry_run`) count without starting it.
 """
 from kernels import kinds
+from kernels.builtin_kinds import FEATURE_DIM
 from models.layout import head_dim, pattern_kinds
 
 CONVENTIONS = ("executed", "chinchilla")
-# Feature width of a linear layer's map, as a multiple of K ("squared": K x K).
-FEATURE_WIDTH = {"identity": 1, "elu1": 1, "relu": 1}
 
 
 def linear_extra_params(cfg):
@@ -79,7 +78,7 @@ def chinchilla_core_flops(kind, cfg, density=None):
   m, a, L = cfg.model, cfg.attention, cfg.seq_len
   H, K = m.heads, head_dim(m)
   if kinds.get(kind).layer == "linear":
-    features = K * K if a.feature_map == "squared" else K * FEATURE_WIDTH[a.feature_map]
+    features = K * K if a.feature_map == "squared" else K * FEATURE_DIM[a.feature_map]
     return H * 4 * features * (K + (1 if a.normalize else 0))
   rho = 1.0 if density is None else float(density)
   return H * (4 * K + 3) * rho * L
