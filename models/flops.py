@@ -17,7 +17,8 @@ recomputation in the backward (remat, a flash kernel's second look at P) not cou
               per layer and token forward, i.e. 3 x 4 H K L = 12 H K L per layer in
               training: PaLM App. B's 12 n_layers n_heads head_dim seq_len term. It
               differs from PaLM's 6N + 12 l h q T only by the softmax (9 H L per
-              layer) and the input embedding (6 V D; PaLM counts it only when tied).
+              layer) and, with tied embeddings, the input embedding's 6 V D (PaLM's
+              N holds the shared matrix once, as the output layer).
               A block kind's kept density rho scales its attention term (rho L keys;
               stage-2 skips are not credited); a linear layer counts its recurrent
               form, the state read phi(q) S and update phi(k)^T v, 4 F V' per head
