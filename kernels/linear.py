@@ -27,7 +27,7 @@ def _chunk_step(feature_map, state_BHFV, chunk):
   fq_BCHF = apply_feature_map(q_BCHK, feature_map)
   fk_BCHF = apply_feature_map(k_BCHK, feature_map)
   if feature_map == "squared":
-    # (q.k)^2 costs C*C*K here; the K*K expansion is needed only for the state.
+    # (q.k)^2 costs C*C*K here; the K(K+1)/2 expansion is needed only for the state.
     scores_BHCC = jnp.einsum("bihk,bjhk->bhij", q_BCHK, k_BCHK) ** 2
   else:
     scores_BHCC = jnp.einsum("bihf,bjhf->bhij", fq_BCHF, fk_BCHF)

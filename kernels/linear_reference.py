@@ -49,13 +49,16 @@ def check_linear_args(q_BLHK, k_BLGK, log_decay_BLH, feature_map, causal, chunk_
 
 
 def squared_features(x_BLHK):
-  """The degree-2 map x -> x (x) x, so that phi(q) . phi(k) = (q . k)^2."""
-  outer = x_BLHK[..., :, None] * x_BLHK[..., None, :]
-  return outer.reshape(*x_BLHK.shape[:-1], x_BLHK.shape[-1] ** 2)
+  """The degree-2 map with phi(q) . phi(k) = (q . k)^2 in its symmetric form: the
+  upper triangle of x (x) x, off-diagonal terms times sqrt(2) (they stand for both
+  x_i x_j and x_j x_i), so K(K+1)/2 features instead of K*K."""
+  rows, cols = np.triu_indices(x_BLHK.shape[-1])
+  scale = np.where(rows == cols, 1.0, np.sqrt(2.0)).astype(np.float32)
+  return x_BLHK[..., rows] * x_BLHK[..., cols] * jnp.asarray(scale, x_BLHK.dtype)
 
 
 def apply_feature_map(x_BLHK, feature_map):
-  """phi applied per token; `squared` returns the explicit K*K expansion."""
+  """phi applied per token; `squared` returns its explicit K(K+1)/2 expansion."""
   if feature_map == "identity":
     return x_BLHK
   if feature_map == "elu1":

@@ -10,6 +10,7 @@ import pytest
 
 from kernels import attention
 from kernels import linear
+from kernels import linear_kernels
 from kernels import linear_pallas
 from kernels import linear_reference
 
@@ -144,25 +145,19 @@ def test_entry_point_dispatches_each_impl():
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_pallas_writes_every_output_block(platform):
-  """Outputs start as NaN (aliased buffers); a block the kernels skip stays NaN."""
-  case = CASES["no_decay_ragged"]
-  q, k, v, g, cotangent = _inputs(BASE_SEED + 300, case)
+  """Outputs (and on cuda the per-chunk states) start as NaN (aliased buffers); a block
+  the kernels skip stays NaN."""
+  case = CASES["strong_decay_gqa"]
+  q, k, v, g, _ = _inputs(BASE_SEED + 300, case)
   fq, fk, vv, b = linear_pallas.kernel_layout(q, k, v, g, feature_map="identity",
-                                               chunk_size=8)
-  options = dict(chunk_size=8, platform=platform, interpret=True)
-  forward = jax.jit(functools.partial(linear_pallas.forward_call, **options),
+                                               chunk_size=8, normalize=True)
+  forward = jax.jit(functools.partial(linear_kernels.forward_call, chunk_size=8,
+                                      platform=platform, interpret=True),
                     static_argnames="poison")
-  dkv = jax.jit(functools.partial(linear_pallas.dkv_call, **options), static_argnames="poison")
   clean = forward(fq, fk, vv, b)
   poisoned = forward(fq, fk, vv, b, poison=True)
   assert np.isfinite(np.asarray(poisoned)).all()
   np.testing.assert_array_equal(np.asarray(poisoned), np.asarray(clean))
-  do = jax.random.normal(jax.random.PRNGKey(BASE_SEED), clean.shape)
-  clean_dk, clean_dv = dkv(fq, fk, vv, b, do)
-  dk, dv = dkv(fq, fk, vv, b, do, poison=True)
-  np.testing.assert_array_equal(np.asarray(dk), np.asarray(clean_dk))
-  np.testing.assert_array_equal(np.asarray(dv), np.asarray(clean_dv))
-  assert np.isfinite(np.asarray(dk)).all() and np.isfinite(np.asarray(dv)).all()
 
 
 def _small():
