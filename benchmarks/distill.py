@@ -3,7 +3,7 @@
 Trains, on the same data and seeds: a dense model; the same model with block-sparse
 attention (sparge, top-k) and no distillation; and the sparse model with
 `attention.distill_weight` > 0 (each sparse layer pulled towards dense attention on
-its own q, k, v). Optionally every arm starts from a dense checkpoint (--init_from,
+its own q, k, v; with --teacher, the logits pulled towards the frozen --init_from run's). Optionally every arm starts from a dense checkpoint (--init_from,
 SpargeAttention2's fine-tuning setting). Prints the eval-loss curves and the gap
 
     gap = eval_loss(sparse arm) - eval_loss(dense)
@@ -29,6 +29,10 @@ _INIT = flags.DEFINE_string(
     "init_from", "", "A dense run: every arm starts from its latest params (fine-tuning, "
     "SpargeAttention2's setting; the dense arm continues training it). Its model settings "
     "must match --set.")
+_TEACHER = flags.DEFINE_bool(
+    "teacher", False, "The distilled arm distils towards the frozen --init_from run's "
+    "logits (attention.distill_teacher, SpargeAttention2's output-level distillation) "
+    "instead of each layer's own dense attention.")
 _SETTINGS = flags.DEFINE_list(
     "set", ["data.corpus=pystdlib", "seq_len=256", "batch_size=16", "model.width=128",
             "model.depth=2", "model.heads=4", "model.kv_heads=2", "model.mlp_width=384",
@@ -41,8 +45,12 @@ def _arms():
   sparse = [f"attention.kind=block_sparse", "attention.estimator=sparge",
             f"attention.topk={_TOPK.value}", f"attention.block_q={_BLOCK.value}",
             f"attention.block_k={_BLOCK.value}"]
-  return {"dense": [], "sparse": sparse,
-          "sparse+distill": sparse + [f"attention.distill_weight={_WEIGHT.value}"]}
+  distill = sparse + [f"attention.distill_weight={_WEIGHT.value}"]
+  if _TEACHER.value:
+    if not _INIT.value:
+      raise app.UsageError("--teacher distils towards the --init_from run; pass one.")
+    distill.append(f"attention.distill_teacher={os.path.abspath(_INIT.value)}")
+  return {"dense": [], "sparse": sparse, "sparse+distill": distill}
 
 
 def _train(name, overrides):
@@ -76,7 +84,7 @@ def main(argv):
           f"{s['eval_loss'] - d['eval_loss']:>8.4f} {sd['eval_loss'] - d['eval_loss']:>12.4f} "
           f"{s.get('attn_density', float('nan')):>8.3f} "
           f"{s.get('attn_distill', float('nan')):>9.4f} "
-          f"{sd.get('attn_distill', float('nan')):>10.4f}")
+          f"{sd.get('distill_kl', sd.get('attn_distill', float('nan'))):>10.4f}")
 
 
 if __name__ == "__main__":

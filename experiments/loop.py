@@ -22,7 +22,7 @@ import parallel
 from kernels import dispatch
 from experiments import checkpoint, config as config_lib, data as data_lib, identity, logs
 from experiments import metrics, progress as progress_lib
-from experiments import state as state_lib
+from experiments import state as state_lib, teacher as teacher_lib
 from experiments.validation import check_workdir, validate
 
 STATUSES = ("running", "done", "failed", "diverged", "preempted")
@@ -40,6 +40,13 @@ def counting_config(cfg):
   executed count is that impl's work (kernels.builtin_kinds.linear_flops reads it)."""
   impl = dispatch.resolve_impl(cfg.attention.impl, cfg.attention.kind)
   return config_lib.override(cfg, {"attention.impl": impl})
+
+
+def flops_per_token(cfg, density=None, pv_skip=None, convention="executed"):
+  """models.flops_per_token plus a distillation teacher's forward pass (its config is
+  read from its run directory, which the models package never touches)."""
+  return (models.flops_per_token(cfg, density, pv_skip, convention=convention)
+          + teacher_lib.forward_flops_per_token(cfg, convention))
 
 
 class RunFailed(RuntimeError):
@@ -139,7 +146,7 @@ def start_summary(s):
       "status": "running", "step": previous.get("step", 0), "steps": cfg.steps,
       "config_hash": s.fingerprint,
       "params": counts["total"], "params_non_embedding": counts["non_embedding"],
-      "flops_per_token": models.flops_per_token(counted), "tokens": previous.get("tokens", 0),
+      "flops_per_token": flops_per_token(counted), "tokens": previous.get("tokens", 0),
       **{field: previous.get(field, 0) for field in FLOP_FIELDS},
       "final_loss": previous.get("final_loss"), "eval_loss": previous.get("eval_loss"),
       "wall_seconds": previous.get("wall_seconds", 0.0), "versions": identity.library_versions(TRAINING_LIBRARIES),
@@ -170,7 +177,7 @@ def restore(s, train_iter):
     if s.cfg.get("init_from"):
       state = _init_from(s.cfg.init_from, s.program.abstract_state, state)
   counted = counting_config(s.cfg)
-  flops = {field: start * s.tokens_per_step * models.flops_per_token(counted, convention=c)
+  flops = {field: start * s.tokens_per_step * flops_per_token(counted, convention=c)
            for field, c in FLOP_FIELDS.items()}
   wall = 0.0
   if s.is_writer:
@@ -215,14 +222,14 @@ class StepLoop:
     pv_skip = float(m["attn_pv_skip"]) if "attn_pv_skip" in m else None
     # Sparse kinds: the interval since the last record is charged at the density
     # (and stage-2 skip) measured now: the count for what the kernels computed.
-    self.flops = {field: n + (step - self.last_step) * tokens * models.flops_per_token(
+    self.flops = {field: n + (step - self.last_step) * tokens * flops_per_token(
         self.counted, density, pv_skip, convention=FLOP_FIELDS[field])
         for field, n in self.flops.items()}
     record = {"step": step, "tokens": step * tokens, **self.flops,
               "loss": float(m["loss"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
               "tokens_per_sec": (step - self.last_step) * tokens / max(now - self.last_time, 1e-9),
               "wall_seconds": self.base_wall + now - self.wall0}
-    for name in ("attn_density", "attn_pv_skip", "attn_distill"):
+    for name in ("attn_density", "attn_pv_skip", "attn_distill", "distill_kl"):
       if name in m:
         record[name] = float(m[name])
     if not bool(m["finite"]):

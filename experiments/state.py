@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import models
 import parallel
-from experiments import optimizer, packing
+from experiments import optimizer, packing, teacher as teacher_lib
 
 
 def cross_entropy(logits_BLV, targets_BL):
@@ -92,25 +92,34 @@ def build(cfg, mesh):
   separator = packing.separator_id(cfg)
 
   distill_weight = float(cfg.attention.get("distill_weight", 0.0))
+  # SpargeAttention2's distillation: towards a frozen teacher run's logits, or (no
+  # teacher) per sparse layer towards dense attention on its own inputs.
+  teacher = (teacher_lib.Teacher(cfg, mesh, build) if cfg.attention.get("distill_teacher")
+             else None)
 
-  def loss_fn(params, batch_BL):
+  def loss_fn(params, batch_BL, teacher_params=None):
     """(objective, aux): aux["loss"] is the cross-entropy; aux also holds the sparse
-    layers' mean attn_density / attn_pv_skip / attn_distill. The objective adds
-    distill_weight x attn_distill (SpargeAttention2's distillation)."""
+    layers' mean attn_density / attn_pv_skip / attn_distill and, with teacher_params,
+    distill_kl. The objective adds distill_weight x (distill_kl or attn_distill)."""
     model = nnx.merge(graphdef, nnx.State(params))
     inputs_BL = batch_BL[:, :-1]
-    logits_BLV = model(inputs_BL, **packing.model_inputs(inputs_BL, separator))
+    extra = packing.model_inputs(inputs_BL, separator)
+    logits_BLV = model(inputs_BL, **extra)
     aux = models.attention_stats(nnx.pop(model, nnx.Intermediate))
     aux["loss"] = cross_entropy(logits_BLV, batch_BL[:, 1:])
     objective = aux["loss"]
-    if "attn_distill" in aux:
+    if teacher_params is not None:
+      aux["distill_kl"] = teacher_lib.kl(
+          teacher.logits(teacher_params, inputs_BL, extra), logits_BLV)
+      objective = objective + distill_weight * aux["distill_kl"]
+    elif "attn_distill" in aux:
       objective = objective + distill_weight * aux["attn_distill"]
     return objective, aux
 
-  def train_step(state, batch_BL):
+  def train_step(state, batch_BL, teacher_params=None):
     with parallel.activate(mesh, rules):
       (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state["params"], batch_BL)
+          state["params"], batch_BL, teacher_params)
     loss = aux.pop("loss")
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -123,13 +132,16 @@ def build(cfg, mesh):
     with parallel.activate(mesh, rules):
       return loss_fn(params, batch_BL)[1]["loss"]
 
+  train_jit = jax.jit(
+      train_step, out_shardings=(state_shardings, replicated), donate_argnums=0,
+      in_shardings=(state_shardings, batch_sharding)
+      + (() if teacher is None else (teacher.shardings,)))
   return Program(
       graphdef=graphdef, tx=tx, lr=lr, mesh=mesh, rules=rules,
       state_shardings=state_shardings, batch_sharding=batch_sharding,
       abstract_state=abstract_state,
       init=jax.jit(init, out_shardings=state_shardings),
-      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0),
+      train_step=train_jit if teacher is None else teacher_lib.BoundStep(train_jit, teacher),
       eval_step=jax.jit(eval_step, in_shardings=(p_shardings, batch_sharding),
                         out_shardings=replicated))
 

@@ -8,7 +8,7 @@ import math
 import os
 
 import kernels
-from experiments import packing
+from experiments import packing, teacher as teacher_lib
 from experiments.optimizer import SCHEDULES
 from kernels import pv_skip
 from kernels.linear_reference import FEATURE_MAPS
@@ -135,7 +135,13 @@ def _check_sparse_training(cfg, kinds):
   distill = a.get("distill_weight", 0.0)
   if not (isinstance(distill, (int, float)) and math.isfinite(distill) and distill >= 0):
     raise ValueError(f"attention.distill_weight {distill!r} must be a finite number >= 0.")
-  for key, on in (("attention.distill_weight", distill > 0),
+  teacher = a.get("distill_teacher", "")
+  if teacher:  # logit distillation: any student kind; its message names the key
+    teacher_lib.config(cfg)
+    if not os.path.isdir(os.path.join(teacher, "checkpoints")):
+      raise ValueError(f"attention.distill_teacher {teacher!r} has no checkpoints/; name "
+                       "a trained run (its latest params are the frozen teacher).")
+  for key, on in (("attention.distill_weight", distill > 0 and not teacher),
                   ("attention.pv_threshold", a.get("pv_threshold") is not None),
                   ("attention.thresholds", bool(a.get("thresholds")))):
     if on and not sparse:

@@ -101,7 +101,9 @@ class Attention(nnx.Module):
     if block_kind and a.get("thresholds"):  # calibrated per layer (experiments.calibrate)
       self.params.update(thresholds.layer_params(a.thresholds, layer))
     # SpargeAttention2's distillation towards dense attention (experiments.state adds it).
-    self.distill = block_kind and a.get("distill_weight", 0.0) > 0
+    # With a teacher run (experiments.teacher) the distance is on the logits instead.
+    self.distill = (block_kind and a.get("distill_weight", 0.0) > 0
+                    and not a.get("distill_teacher"))
     self.heads, self.kv_heads, self.head_dim = m.heads, m.kv_heads, head_dim(m)
     # muP's 1/K attention logits (parametrization.ATTENTION_POWER): the kernels scale
     # by 1/sqrt(K), so q carries the rest.

@@ -100,6 +100,7 @@ def _attention():
   c.pv_threshold = placeholder(float)  # SpargeAttn stage 2 lambda (<= 0; kernels/pv_skip.py)
   c.thresholds = ""         # per-layer estimator params from `python -m experiments.calibrate`
   c.distill_weight = 0.0    # sparse layers: + weight x |o_sparse - sg(o_dense)|^2 / |o_dense|^2
+  c.distill_teacher = ""    # a dense run: distill towards its frozen logits instead (KL)
   c.feature_map = "identity"  # linear: identity | elu1 | relu | squared
   c.normalize = False
   c.chunk_size = 64

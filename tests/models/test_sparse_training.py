@@ -133,13 +133,45 @@ def test_bad_sparse_training_settings_are_refused(micro_cfg, overrides, message)
     validation.validate(cfg)
 
 
-def test_init_from_starts_a_sparse_run_from_dense_params(tmp_path, micro_cfg):
+def _last_record(workdir):
+  return json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_init_from_and_teacher_distillation(tmp_path, micro_cfg):
+  """A sparse run starts from dense params (init_from) and distils towards the frozen
+  dense run's logits (distill_teacher): the KL is 0 for a student equal to its teacher."""
   dense = train.run(micro_cfg(**{"steps": 12, "seq_len": 64}), str(tmp_path / "dense"))
-  tuned = micro_cfg(**SPARGE, **{"steps": 1, "log_every": 1,
-                                  "init_from": str(tmp_path / "dense")})
+  teacher = str(tmp_path / "dense")
+  tuned = micro_cfg(**SPARGE, **{"steps": 1, "log_every": 1, "init_from": teacher})
   first = train.run(tuned, str(tmp_path / "tuned"))["final_loss"]
   fresh = train.run(micro_cfg(**SPARGE, **{"steps": 1, "log_every": 1}),
                     str(tmp_path / "fresh"))["final_loss"]
   assert first < fresh - 0.3 and first == pytest.approx(dense["final_loss"], abs=0.3)
   with pytest.raises(ValueError, match="init_from"):
     validation.validate(micro_cfg(**{"init_from": str(tmp_path / "nothing")}))
+
+  by_teacher = {"steps": 1, "log_every": 1, "init_from": teacher,
+                "attention.distill_teacher": teacher, "attention.distill_weight": 1.0}
+  same = micro_cfg(**{"seq_len": 64, **by_teacher})  # a dense student: no sparse layers
+  train.run(same, str(tmp_path / "same"))
+  record = _last_record(tmp_path / "same")
+  assert record["distill_kl"] == pytest.approx(0.0, abs=1e-6)
+  # Charged: the student's training step plus the teacher's forward and the KL.
+  teacher_forward = sum(models.flops_breakdown(same).values()) + 4 * same.model.vocab_size
+  assert record["flops"] == pytest.approx(same.batch_size * same.seq_len * (
+      models.flops_per_token(same) + teacher_forward), rel=1e-6)
+  # A fresh sparse student (the 12-step teacher's attention is still near-uniform, so
+  # sparsity alone would move its logits little).
+  sparse = micro_cfg(**SPARGE, **{**by_teacher, "init_from": ""})
+  train.run(sparse, str(tmp_path / "sparse"))
+  record = _last_record(tmp_path / "sparse")
+  assert record["distill_kl"] > 0.01 and "attn_distill" not in record
+  assert record["loss"] == pytest.approx(fresh, rel=1e-5)  # logged loss: cross-entropy
+  assert record["grad_norm"] != _last_record(tmp_path / "fresh")["grad_norm"]
+
+  for overrides, message in (
+      ({"attention.distill_weight": 0.0}, "distill_weight is 0"),
+      ({"model.vocab_size": 300}, "model.vocab_size=256"),
+      ({"attention.distill_teacher": str(tmp_path / "nothing")}, "does not exist")):
+    with pytest.raises(ValueError, match=message):
+      validation.validate(micro_cfg(**{**SPARGE, **by_teacher, **overrides}))
