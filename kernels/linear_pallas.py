@@ -27,8 +27,9 @@ of b_i - b_j in the chunk, ~eps * |b| (|b| <= C * max|g|).
 
 Layout, outside the kernels in jnp (gradients by autodiff): the feature map (the
 squared map as its symmetric K(K+1)/2 features, 8256 at K = 128), zero padding of
-L to the chunk and of F and V to their tiles, head-major transposes. The row
-normaliser rides along as one more value column of ones (o[..., V] is
+L to the chunk and of F and V to their tiles, head-major transposes. The squared
+map's scores are computed as (q . k)^2 from q and k themselves (K wide), its
+features used only for the state. The row normaliser rides along as one more value column of ones (o[..., V] is
 sum_{s<=t} e(t, s) phi(q_t).phi(k_s)), so it costs no pass of its own.
 """
 import functools
@@ -54,17 +55,20 @@ def _current_token(q_BHLF, k_BGLF, v_BGLV):
   return q_BHLF, k_BHLF, v_BHLV, jnp.sum(q_BHLF * k_BHLF, -1, keepdims=True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _linear_core(q_BHLF, k_BGLF, v_BGLV, g_BHL, chunk_size, platform, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _linear_core(q_BHLF, k_BGLF, v_BGLV, g_BHL, raw, chunk_size, platform, interpret):
+  """raw: None, or the squared map's inputs (q_BHLK, k_BGLK) for its scores; the
+  output is a function of the features alone (raw gets a zero cotangent)."""
   past_BHLV = forward_call(q_BHLF, k_BGLF, v_BGLV, g_BHL, chunk_size=chunk_size,
-                           platform=platform, interpret=interpret, out_dtype=jnp.float32)
+                           platform=platform, interpret=interpret, squared_from=raw,
+                           out_dtype=jnp.float32)
   _, _, v_BHLV, qk_BHL1 = _current_token(q_BHLF, k_BGLF, v_BGLV)
   return past_BHLV + qk_BHL1 * v_BHLV  # float32: normalisation divides it first
 
 
-def _core_forward(q_BHLF, k_BGLF, v_BGLV, g_BHL, chunk_size, platform, interpret):
-  o = _linear_core(q_BHLF, k_BGLF, v_BGLV, g_BHL, chunk_size, platform, interpret)
-  return o, (q_BHLF, k_BGLF, v_BGLV, g_BHL)
+def _core_forward(q_BHLF, k_BGLF, v_BGLV, g_BHL, raw, chunk_size, platform, interpret):
+  o = _linear_core(q_BHLF, k_BGLF, v_BGLV, g_BHL, raw, chunk_size, platform, interpret)
+  return o, (q_BHLF, k_BGLF, v_BGLV, g_BHL, raw)
 
 
 def reversed_log_decay(g_BHL):
@@ -74,7 +78,7 @@ def reversed_log_decay(g_BHL):
 
 
 def _core_backward(chunk_size, platform, interpret, residuals, do_BHLV):
-  q_BHLF, k_BGLF, v_BGLV, g_BHL = residuals
+  q_BHLF, k_BGLF, v_BGLV, g_BHL, raw = residuals
   batch, heads, length, _ = q_BHLF.shape
   kv_heads = k_BGLF.shape[1]
   run = functools.partial(forward_call, chunk_size=chunk_size, platform=platform,
@@ -84,7 +88,10 @@ def _core_backward(chunk_size, platform, interpret, residuals, do_BHLV):
   g_rev_BHL = reversed_log_decay(g_BHL)
   dq_BHLF = run(do_BHLV, v_BGLV, k_BGLF, g_BHL)
   dk_BHLF = flip(run(flip(v_BGLV), flip(do_BHLV), flip(q_BHLF), g_rev_BHL))
-  dv_BHLV = flip(run(flip(k_BGLF), flip(q_BHLF), flip(do_BHLV), g_rev_BHL))
+  # Only dv's scores are q . k (the others are dO . v): there the squared map's.
+  raw_rev = None if raw is None else (flip(raw[1]), flip(raw[0]))
+  dv_BHLV = flip(run(flip(k_BGLF), flip(q_BHLF), flip(do_BHLV), g_rev_BHL,
+                     squared_from=raw_rev))
   q32, k32_BHLF, v32_BHLV, qk_BHL1 = _current_token(q_BHLF, k_BGLF, v_BGLV)
   # Strictly-past parts only: the current-token terms would enter both products
   # and cancel, costing digits exactly where strong decay leaves little else.
@@ -97,7 +104,8 @@ def _core_backward(chunk_size, platform, interpret, residuals, do_BHLV):
   dv_BHLV += qk_BHL1 * do32
   by_group = lambda x: x.reshape(batch, kv_heads, heads // kv_heads, length, -1).sum(2)
   return (dq_BHLF.astype(q_BHLF.dtype), by_group(dk_BHLF).astype(k_BGLF.dtype),
-          by_group(dv_BHLV).astype(v_BGLV.dtype), dg_BHL.astype(g_BHL.dtype))
+          by_group(dv_BHLV).astype(v_BGLV.dtype), dg_BHL.astype(g_BHL.dtype),
+          jax.tree.map(jnp.zeros_like, raw))
 
 
 _linear_core.defvjp(_core_forward, _core_backward)
@@ -134,7 +142,11 @@ def pallas_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
   length, values = q_BLHK.shape[1], v_BLGK.shape[-1]
   q, k, v, g = kernel_layout(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH, feature_map=feature_map,
                              chunk_size=chunk_size, normalize=normalize)
-  o_BHLV = _linear_core(q, k, v, g, chunk_size, platform, interpret)
+  raw = None
+  if feature_map == "squared":
+    raw = kernel_layout(q_BLHK, k_BLGK, v_BLGK, None, feature_map="identity",
+                        chunk_size=chunk_size)[:2]
+  o_BHLV = _linear_core(q, k, v, g, raw, chunk_size, platform, interpret)
   if normalize:
     o_BHLV = safe_divide(o_BHLV[..., :values], o_BHLV[..., values:values + 1])
   o_BLHV = jnp.moveaxis(o_BHLV[..., :values], 1, 2)
