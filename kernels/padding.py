@@ -10,7 +10,9 @@ document masking, or with stage 2 (whose per-tile skip rule looks at every row o
 a tile, padded query rows included) the padding gets a segment id of its own, one
 above the row's largest, so ids stay non-decreasing and block ranges exact.
 Padded query rows are sliced off; their output cotangent is zero, so they add
-nothing to dk/dv.
+nothing to dk/dv. One difference remains under stage 2: padded rows see the padded
+keys, so a tile holding both (the last diagonal tile) is never skipped; every impl
+runs the same padded problem, so they still agree exactly.
 
 Block masks stay at the real geometry, ceil(L / block) blocks per axis (the last
 block may be partial); `pad_blocks` adds the all-padding blocks a padded length
