@@ -144,7 +144,7 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
       # Every device attends over whole sequences: gather the sequence shards.
       local_static["segment_ids_BL"] = (
           jax.lax.all_gather(seg_BL, seq_axis, axis=1, tiled=True) if seq_axes else seg_BL)
-    if chunks == 1:
+    if not context.chunked:
       o, skipped = attend(local_static, q, k, v, *arrays)
     else:  # heads are axis 2 of q, k, v and the [B, L, H] arrays, axis 1 of the mask
       axes = (2,) * (3 + len(names)) + ((1,) if mask is not None else ())
