@@ -65,8 +65,8 @@ def from_mask(mask_BHQK, *, block_q, block_k, causal=True):
 
 
 def expand_to_tokens(mask_BHQK, block_q, block_k, length=None):
-  """bool [B, H, L, L]: the block mask at token resolution; `length` (default nQ
-  block_q x nK block_k) cuts a partial last block."""
+  """bool [B, H, nQ*block_q, nK*block_k]: the block mask at token resolution, cut
+  to [.., length, length] when given (a ragged length's partial last blocks)."""
   tokens = jnp.repeat(jnp.repeat(mask_BHQK, block_q, axis=-2), block_k, axis=-1)
   return tokens if length is None else tokens[..., :length, :length]
 

@@ -6,7 +6,9 @@ they work on block-pooled q/k, so they cost the pooling (O(L K)) plus
 O(nQ nK (K + log nK)) for the block scores and their sort. The static mask
 depends only on sizes: numpy [nQ, nK], shared by every batch row and head.
 
-Block geometry shared by all: query block i covers tokens [i bq, (i+1) bq);
+Block geometry shared by all: query block i covers tokens [i bq, (i+1) bq), cut at
+L (ceil(L / bq) blocks; a partial last block is pooled over its real tokens and the
+kernels pad it, kernels.padding, so no estimator sees or selects padding);
 its "diagonal" is every key block overlapping that span (one block when
 bq == bk); the "sink" is key block 0. Both are always kept so every query row
 has at least its own key and the usual attention sink.

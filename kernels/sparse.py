@@ -20,6 +20,10 @@ Estimated once: a model layer calls its kind's `estimate` (estimate_block_sparse
 estimate_spectral), logs the density (kept fraction of causally reachable blocks)
 and passes the data-dependent mask to the kernel as `mask_BHQK`; a static mask is
 a trace-time constant, so the kernel rebuilds it instead (exact list bounds).
+
+Any sequence length: masks have ceil(L / block) blocks per axis (the last may be
+partial); `_sparse_attention` pads q, k, v and the mask to a multiple of both blocks
+(kernels.padding), runs every impl on the padded problem and slices the output.
 """
 import functools
 import math
@@ -142,7 +146,8 @@ def block_mask(q_BLHK, k_BLGK, *, estimator, block_q=128, block_k=128, causal=Tr
                segment_ids_BL=None, **params):
   """The BlockMask an estimator picks for these q, k (mask heads = query heads).
 
-  `.density` is the kept fraction of causally reachable blocks. Jitted, so
+  Any seq_len: mask_BHQK is [B, H, ceil(L/bq), ceil(L/bk)], the last blocks
+  partial. `.density` is the kept fraction of causally reachable blocks. Jitted, so
   eager calls compile once per shape and parameter set. With segment_ids_BL it
   never keeps a block pair that shares no document.
   """
