@@ -1,13 +1,15 @@
 """Context parallelism: how `parallel.attention` trades sequence shards for heads.
 
 - `ulysses` (DeepSpeed-Ulysses): one all-to-all turns the sequence shards of all
-  heads into whole sequences of H / sequence heads per device, attention runs on
-  them, a second all-to-all returns the output.
-- `untied` (UPipe, Ghadia et al. 2026): the same exchange `head_chunks` heads-chunks
-  at a time, in a sequential loop, so only one chunk of heads is ever resident at
-  full sequence length. The forward and the backward both run chunk by chunk: the
-  loop body is rematerialised, so the backward keeps only the chunk's sequence-
-  sharded inputs (slices of q, k, v, already resident) and recomputes the rest.
+  heads into whole sequences of heads / sequence heads per device; attention runs
+  on them and a second all-to-all returns the output.
+- `untied` (UPipe, Ghadia et al. 2026): the heads in `head_chunks` chunks, the same
+  exchange one chunk at a time in a sequential loop, so only one chunk of heads is
+  ever resident at full sequence length. The backward runs chunk by chunk too: the loop
+  body is rematerialised, so the backward keeps only each chunk's sequence-sharded
+  inputs (slices of q, k, v) and recomputes its all-to-all and attention forward
+  (one extra attention forward per layer). head_chunks=1 is Ulysses with that
+  recomputation.
 
 The setting comes from the mesh config (`mesh.context`, `mesh.head_chunks`): `make_mesh`
 records it for the mesh it builds, and `use` overrides it in a scope. JAX interns
