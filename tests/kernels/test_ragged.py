@@ -13,6 +13,7 @@ import pytest
 
 from kernels import attention, block_mask, block_mask_lib, estimators, padding, sparse
 from kernels.dense import reference_attention
+from kernels.flash import flash_attention
 from tests.kernels.flash_checks import (assert_matches_reference, compile_fast, fresh_seed,
                                         random_qkvo, rel_err)
 
@@ -113,3 +114,20 @@ def test_stage2_and_segments_at_ragged_length():
   o_dense = attention(q, k, v, kind="dense", impl="pallas", **seg)
   mask = block_mask_lib.segment_mask_tokens(seg["segment_ids_BL"])
   np.testing.assert_allclose(o_dense, reference_attention(q, k, v, mask_BHQK=mask), atol=2e-5)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_ragged_flash_lowers_for_accelerators(platform):
+  """The padded problem lowers through Mosaic and Triton (jax.export, forward and
+  gradient), causal and with the padding's own segment (non-causal)."""
+  q = jax.ShapeDtypeStruct((1, 1000, 4, 64), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 1000, 2, 64), jnp.bfloat16)
+  checks = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+  for causal in (True, False):
+    attn = functools.partial(flash_attention, causal=causal, interpret=False,
+                             platform=platform)
+    grad = jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v).astype(jnp.float32)),
+                    argnums=(0, 1, 2))
+    exported = jax.export.export(jax.jit(grad), platforms=[platform],
+                                 disabled_checks=checks)(q, kv, kv)
+    assert [o.shape for o in exported.out_avals] == [q.shape, kv.shape, kv.shape]
