@@ -12,8 +12,9 @@ same kernel with the roles swapped, the anti-causal ones run on time-reversed in
   dv_s = sum_{t>s} e(t, s) (q_t . k_s) dO_t    reversed kernel(k, q, dO)
 with e(t, s) = exp(G_t - G_s). Reversed in time, the decay of step u' is the forward
 decay of the step after it (sum_{s<u<=t} g_u = sum over reversed steps (s', t']):
-reversed_log_decay. No state is stored between forward and backward; each call
-recomputes its own states, three state passes and three output passes in all.
+reversed_log_decay. No state is stored between forward and backward: each of the
+four calls recomputes its own (on cuda each call is a state, a scores and an
+output pass; the flips are XLA reverses of q, k, v and dO).
 
 Gradient of the log decay. The output depends on G = cumsum(g) only through
 exp(G_t - G_s) = exp(G_t) * exp(-G_s), i.e. through q_t exp(G_t) and k_s exp(-G_s).
@@ -28,9 +29,10 @@ of b_i - b_j in the chunk, ~eps * |b| (|b| <= C * max|g|).
 Layout, outside the kernels in jnp (gradients by autodiff): the feature map (the
 squared map as its symmetric K(K+1)/2 features, 8256 at K = 128), zero padding of
 L to the chunk and of F and V to their tiles, head-major transposes. The squared
-map's scores are computed as (q . k)^2 from q and k themselves (K wide), its
-features used only for the state. The row normaliser rides along as one more value column of ones (o[..., V] is
-sum_{s<=t} e(t, s) phi(q_t).phi(k_s)), so it costs no pass of its own.
+map's chunk scores are (q . k)^2 from q and k themselves (K wide, as in the XLA
+path); its features serve the state only. The row normaliser rides along as one
+more value column of ones (o[..., V] is sum_{s<=t} e(t, s) phi(q_t).phi(k_s)), so
+it costs no pass of its own.
 """
 import functools
 
