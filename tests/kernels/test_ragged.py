@@ -111,7 +111,8 @@ def test_stage2_and_segments_at_ragged_length():
     o, skipped = runs[impl]
     np.testing.assert_array_equal(skipped, skipped_ref)
     assert rel_err(o, o_ref) < 1e-5, impl
-  o_dense = attention(q, k, v, kind="dense", impl="pallas", **seg)
+  o_dense = compile_fast(lambda q, k, v: attention(q, k, v, kind="dense", impl="pallas",
+                                                   **seg), q, k, v)
   mask = block_mask_lib.segment_mask_tokens(seg["segment_ids_BL"])
   np.testing.assert_allclose(o_dense, reference_attention(q, k, v, mask_BHQK=mask), atol=2e-5)
 
