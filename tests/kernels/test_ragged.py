@@ -2,7 +2,7 @@
 reference at lengths no block divides, with GQA, forward and gradients
 (kernels.padding pads inside, masks the tail and slices the output).
 
-The linear kind is tested at ragged lengths in test_linear.py.
+The linear kind is tested at these lengths in test_linear_ragged.py.
 """
 import functools
 
