@@ -196,3 +196,12 @@ def test_zero_normaliser_gives_zeros_not_nan():
                                            feature_map="relu", normalize=True))
     out = fn(q, k, v)
     assert np.isfinite(np.asarray(out)).all() and not np.asarray(out).any(), impl
+
+
+def test_squared_features_are_symmetric_and_exact():
+  """K(K+1)/2 features whose dot products are (q . k)^2."""
+  keys = jax.random.split(jax.random.PRNGKey(BASE_SEED + 400))
+  q, k = jax.random.normal(keys[0], (6, 5)), jax.random.normal(keys[1], (7, 5))
+  fq, fk = (linear_reference.squared_features(x) for x in (q, k))
+  assert fq.shape == (6, 15)
+  np.testing.assert_allclose(fq @ fk.T, (q @ k.T) ** 2, rtol=1e-5, atol=1e-5)
