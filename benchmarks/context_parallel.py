@@ -72,7 +72,12 @@ def main(argv):
   parallel.initialize(num_cpu_devices=flags.FLAGS.num_fake_devices)
   devices = jax.device_count()
   mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "sequence": devices})
-  schemes = [("ulysses", 1)] + [("untied", int(c)) for c in _CHUNKS.value]
+  per_device = _HEADS.value // devices  # query heads each device attends to
+  chunks = [int(c) for c in _CHUNKS.value]
+  if any(per_device % c for c in chunks):
+    raise app.UsageError(f"--chunks must divide the {per_device} heads per device "
+                         f"(--heads={_HEADS.value} over {devices} devices).")
+  schemes = [("ulysses", 1)] + [("untied", c) for c in chunks]
   print(f"L={_SEQ_LEN.value}, {_HEADS.value} heads ({_KV_HEADS.value} kv) x "
         f"{_HEAD_DIM.value}, batch 1, impl {_IMPL.value}, sequence={devices} "
         f"{jax.default_backend()} devices; compiled temporaries per device, MiB")
