@@ -4,14 +4,22 @@ FLOPs follow Hoffmann et al. 2022 (App. F): a multiply-add is 2 FLOPs, softmax
 costs 3 per score. Causal dense attention scores (L+1)/2 keys per query on
 average; block-sparse/spectral kernels compute whole blocks, so a kept density
 rho costs rho * (causal blocks * block_q * block_k) / L scores per query;
-chunked linear attention costs a full C x C chunk product plus the state read
-and update per token.
+chunked linear attention costs, per impl (`attention.impl`), a full C x C chunk
+product plus the state read and update per chunk-padded position. These are the
+executed counts; models.flops also has the model count behind MFU.
 """
 import math
 
 from kernels.kinds import KindSpec, estimator_params, register
 
-FEATURE_DIM = {"identity": 1, "elu1": 1, "relu": 1}  # x K; "squared" is K^2
+FEATURE_DIM = {"identity": 1, "elu1": 1, "relu": 1}  # x K; "squared": see feature_width
+
+
+def feature_width(feature_map, head_dim):
+  """Features of a linear layer's map: K, or the squared map's symmetric K(K+1)/2
+  (kernels.linear_reference.squared_features)."""
+  K = head_dim
+  return K * (K + 1) // 2 if feature_map == "squared" else K * FEATURE_DIM[feature_map]
 
 
 def softmax_flops(cfg, head_dim, scores):
@@ -43,17 +51,30 @@ def sparse_flops(cfg, head_dim, density=None, pv_skip=None):
 
 
 def linear_flops(cfg, head_dim, density=None):
+  """Forward FLOPs per token of the linear core as `attention.impl` computes it
+  ("auto" counted as xla, its CPU choice; the trainer counts with the impl it
+  resolved). Per head, with F = feature_width and V' = K (+1: the normaliser's
+  ones column), per position:
+    xla        chunk product q.k 2 C F (the squared map as (q.k)^2: K wide),
+               (scores)V 2 C V', state read and update 4 F V';
+    pallas     the same (linear_kernels: state, scores and output passes), plus the current token in
+               jnp (q.k 2 F, its v 2 V');
+    reference  the recurrence: state read and update 4 F V' per token, no chunks.
+  Chunked impls pad L to whole chunks of C = chunk_size, paid by the real tokens.
+  Not counted: the Pallas paths' padding of F and V to their tiles, the cuda output
+  pass's repeat of q.k per value tile, elementwise decay. The decay and conv
+  projections are models.flops.linear_extra_flops."""
   a, K = cfg.attention, head_dim
-  C = min(a.chunk_size, cfg.seq_len)
-  Kf = K * K if a.feature_map == "squared" else K * FEATURE_DIM[a.feature_map]
-  Vn = K + (1 if a.normalize else 0)  # normalisation carries a ones column with v
-  # Per token, as the chunked XLA path computes it: its row of the whole C x C
-  # chunk product q.k (the squared map squares q.k, so K wide, not K^2) and of
-  # (scores)V, then the state read phi(q).S and its update phi(k)^T v (Kf x Vn).
-  intra = 2 * K * C + 2 * Vn * C
-  inter = 4 * Kf * Vn
-  extra = 2 * cfg.model.width + (6 if a.get("conv", False) else 0) * K  # decay, conv
-  return cfg.model.heads * (intra + inter) + extra
+  F, V = feature_width(a.feature_map, K), K + (1 if a.normalize else 0)
+  impl = a.get("impl", "xla")
+  if impl == "reference":
+    return cfg.model.heads * 4 * F * V
+  C, L = a.chunk_size, cfg.seq_len
+  qk = K if a.feature_map == "squared" else F  # (q.k)^2 at width K, both impls
+  per_position = 2 * C * qk + 2 * C * V + 4 * F * V
+  if impl == "pallas":
+    per_position += 2 * F + 2 * V
+  return cfg.model.heads * per_position * (-(-L // C) * C) / L
 
 
 def _same(ref):

@@ -22,15 +22,15 @@ recomputation in the backward (remat, a flash kernel's second look at P) not cou
               A block kind's kept density rho scales its attention term (rho L keys;
               stage-2 skips are not credited); a linear layer counts its recurrent
               form, the state read phi(q) S and update phi(k)^T v, 4 F V' per head
-              (F the feature map's width, K^2 for squared; V' = K + 1 with the
-              normaliser's ones column), whatever chunking the impl uses.
+              (F the feature map's width, K(K+1)/2 for squared; V' = K + 1 with
+              the normaliser's ones column), whatever chunking the impl uses.
 
 MFU = chinchilla FLOPs per step / (seconds per step x peak FLOP/s) (`mfu`).
 
 Imports no JAX, so sweep plans (`sweeps.launch --dry_run`) count without starting it.
 """
 from kernels import kinds
-from kernels.builtin_kinds import FEATURE_DIM
+from kernels.builtin_kinds import feature_width
 from models.layout import head_dim, pattern_kinds
 
 CONVENTIONS = ("executed", "chinchilla")
@@ -79,8 +79,7 @@ def chinchilla_core_flops(kind, cfg, density=None):
   m, a, L = cfg.model, cfg.attention, cfg.seq_len
   H, K = m.heads, head_dim(m)
   if kinds.get(kind).layer == "linear":
-    features = K * K if a.feature_map == "squared" else K * FEATURE_DIM[a.feature_map]
-    return H * 4 * features * (K + (1 if a.normalize else 0))
+    return H * 4 * feature_width(a.feature_map, K) * (K + (1 if a.normalize else 0))
   rho = 1.0 if density is None else float(density)
   return H * (4 * K + 3) * rho * L
 
@@ -116,9 +115,7 @@ def flops_breakdown(cfg, density=None, pv_skip=None, convention="executed"):
   m = cfg.model
   D, H, G, K, F, V = m.width, m.heads, m.kv_heads, head_dim(m), m.mlp_width, m.vocab_size
   layers = pattern_kinds(cfg)
-  # The executed count of a linear kind carries its decay and conv work itself.
-  linear_proj = 0 if convention == "executed" else linear_extra_flops(cfg) * sum(
-      kinds.get(k).layer == "linear" for k in layers)
+  linear_proj = linear_extra_flops(cfg) * sum(kinds.get(k).layer == "linear" for k in layers)
   return {
       "embed": 2 * V * D,
       "attn_proj": len(layers) * 2 * D * (2 * H * K + 2 * G * K) + linear_proj,

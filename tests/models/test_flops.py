@@ -55,22 +55,21 @@ def linear(micro_cfg, **overrides):
 
 # Per head, C = 8, K = 16. chinchilla: the recurrence's state read and update,
 # 4 x features x values. xla: its row of the C x C chunk product q.k (for squared
-# (q.k)^2, still K wide), of (scores)V, then the state read and update.
-# pallas: squared features (K^2 = 256) in the chunk product too, the current token
-# (q.k 2*256, its v 2*16), and the normaliser as a second pass over a 16-wide ones
-# block (kernels.linear_pallas.NORMALISER_WIDTH).
+# (q.k)^2, still K wide), of (scores)V, then the state read and update. pallas: the
+# same passes (kernels/linear_kernels.py), and the current token (q.k, its v) in jnp.
 IDENTITY = {"attention.impl": "xla"}
 SQUARED = {"attention.impl": "xla", "attention.feature_map": "squared",
            "attention.normalize": True}
 LINEAR_CASES = {  # name: (overrides, executed per layer, chinchilla per layer)
     "identity": (IDENTITY, 2 * (2 * 16 * 8 + 2 * 16 * 8 + 4 * 16 * 16), 2 * 4 * 16 * 16),
-    # features K^2 = 256, values K + 1 = 17 (the normaliser's ones column)
-    "squared_normalized": (SQUARED, 2 * (2 * 16 * 8 + 2 * 17 * 8 + 4 * 256 * 17),
-                           2 * 4 * 256 * 17),
+    # features K(K+1)/2 = 136, values K + 1 = 17 (the normaliser's ones column)
+    "squared_normalized": (SQUARED, 2 * (2 * 16 * 8 + 2 * 17 * 8 + 4 * 136 * 17),
+                           2 * 4 * 136 * 17),
     "pallas_squared_normalized": (
         {**SQUARED, "attention.impl": "pallas"},
-        2 * 2 * (2 * 256 * 8 + 2 * 16 * 8 + 4 * 256 * 16 + 2 * 256 + 2 * 16),
-        2 * 4 * 256 * 17),
+        2 * (2 * 16 * 8 + 2 * 17 * 8 + 4 * 136 * 17 + 2 * 136 + 2 * 17), 2 * 4 * 136 * 17),
+    "reference_squared_normalized": ({**SQUARED, "attention.impl": "reference"},
+                                     2 * 4 * 136 * 17, 2 * 4 * 136 * 17),
     # chunk 12: 32 tokens run as 36, so each real token pays 36/32 positions.
     "padded": ({**IDENTITY, "attention.chunk_size": 12},
                2 * (2 * 16 * 12 + 2 * 16 * 12 + 4 * 16 * 16) * 36 / 32, 2 * 4 * 16 * 16),
@@ -82,34 +81,16 @@ LINEAR_CASES = {  # name: (overrides, executed per layer, chinchilla per layer)
 
 
 @pytest.mark.parametrize("case", LINEAR_CASES)
-def test_linear_chinchilla(micro_cfg, case):
-  overrides, _, model = LINEAR_CASES[case]
-  assert counts(linear(micro_cfg, **overrides))[1] == train(2 * model)
+def test_linear(micro_cfg, case):
+  overrides, executed, model = LINEAR_CASES[case]
+  assert counts(linear(micro_cfg, **overrides)) == pytest.approx(
+      (train(2 * executed), train(2 * model)))
 
 
-# The executed linear count is kernels.builtin_kinds.linear_flops, which does not yet
-# follow the impl, chunk padding or the decay/conv widths (issue 17).
-PENDING = pytest.mark.xfail(strict=True, reason="kernels.builtin_kinds.linear_flops")
-
-
-@PENDING
-@pytest.mark.parametrize("case", LINEAR_CASES)
-def test_linear_executed(micro_cfg, case):
-  overrides, executed, _ = LINEAR_CASES[case]
-  assert counts(linear(micro_cfg, **overrides))[0] == pytest.approx(train(2 * executed))
-
-
-def hybrid(micro_cfg):
-  return linear(micro_cfg, **{**IDENTITY, "attention.pattern": ("dense", "linear")})
-
-
-def test_dense_linear_hybrid_chinchilla(micro_cfg):
-  assert counts(hybrid(micro_cfg))[1] == train(SCORE * 32 + LINEAR_CASES["identity"][2])
-
-
-@PENDING
-def test_dense_linear_hybrid_executed(micro_cfg):
-  assert counts(hybrid(micro_cfg))[0] == train(SCORE * 16.5 + LINEAR_CASES["identity"][1])
+def test_dense_linear_hybrid(micro_cfg):
+  cfg = linear(micro_cfg, **{**IDENTITY, "attention.pattern": ("dense", "linear")})
+  _, executed, model = LINEAR_CASES["identity"]
+  assert counts(cfg) == (train(SCORE * 16.5 + executed), train(SCORE * 32 + model))
 
 
 def test_mfu_is_model_flops_over_time_and_peak(micro_cfg):
