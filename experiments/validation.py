@@ -115,15 +115,7 @@ def _check_attention(cfg):
   _one_of(cfg, "attention.estimator", ESTIMATORS)
   _one_of(cfg, "attention.feature_map", FEATURE_MAPS)
   _at_least(cfg, 1, "attention.block_q", "attention.block_k", "attention.chunk_size")
-  # The sparse kernels tile the sequence into blocks; they fail only when first traced.
-  if set(kinds) & set(SPARSE_KINDS):
-    for key in ("attention.block_q", "attention.block_k"):
-      block = _get(cfg, key)
-      if cfg.seq_len % block:
-        fits = [b for b in (512, 256, 128, 64, 32, 16, 8) if cfg.seq_len % b == 0]
-        hint = f"e.g. {key}={fits[0]}" if fits else "or choose seq_len divisible by it"
-        raise ValueError(f"{key} {block} does not divide seq_len {cfg.seq_len} (sparse "
-                         f"attention tiles the sequence into blocks); {hint}.")
+  # Any seq_len: the kernels pad to the block multiple inside (kernels/padding.py).
   _check_sparse_training(cfg, kinds)
 
 
