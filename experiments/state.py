@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import models
 import parallel
+from parallel import context as context_lib
 from experiments import optimizer, packing, teacher as teacher_lib
 
 
@@ -90,6 +91,9 @@ def build(cfg, mesh):
   batch_sharding = NamedSharding(mesh, batch_spec)
 
   separator = packing.separator_id(cfg)
+  # The context-parallel scheme (mesh.context / head_chunks), active while tracing.
+  scheme = lambda: context_lib.use(cfg.mesh.get("context", "ulysses"),  # noqa: E731
+                                   cfg.mesh.get("head_chunks", 1))
 
   distill_weight = float(cfg.attention.get("distill_weight", 0.0))
   # SpargeAttention2's distillation: towards a frozen teacher run's logits, or (no
@@ -117,7 +121,7 @@ def build(cfg, mesh):
     return objective, aux
 
   def train_step(state, batch_BL, teacher_params=None):
-    with parallel.activate(mesh, rules):
+    with parallel.activate(mesh, rules), scheme():
       (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
           state["params"], batch_BL, teacher_params)
     loss = aux.pop("loss")
@@ -129,7 +133,7 @@ def build(cfg, mesh):
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   def eval_step(params, batch_BL):
-    with parallel.activate(mesh, rules):
+    with parallel.activate(mesh, rules), scheme():
       return loss_fn(params, batch_BL)[1]["loss"]
 
   train_jit = jax.jit(

@@ -48,7 +48,7 @@ def compile_only(cfg):
   }
   shape = ", ".join(f"{a}={n}" for a, n in mesh.shape.items())
   params_m = models.count_params(cfg)["total"] / 1e6
-  context = parallel_context.active(mesh)
+  context = parallel_context.from_config(cfg.mesh, mesh.shape["sequence"])
   scheme = "" if mesh.shape["sequence"] == 1 else (
       f", context {context.mode}" + (f" x{context.head_chunks} head chunks"
                                      if context.chunked else ""))

@@ -11,14 +11,13 @@
   (one extra attention forward per layer). head_chunks=1 is Ulysses with that
   recomputation.
 
-The setting comes from the mesh config (`mesh.context`, `mesh.head_chunks`): `make_mesh`
-records it for the mesh it builds, and `use` overrides it in a scope. JAX interns
-meshes (equal devices and axes give the same object), so the recorded setting is that
-of the latest config built on those devices.
+The setting comes from the mesh config (`mesh.context`, `mesh.head_chunks`):
+`make_mesh` validates it, and experiments.state traces the train and eval steps inside
+`use` (a scope, like parallel.activate for the mesh and rules); outside any scope it
+is plain Ulysses.
 """
 import contextlib
 import dataclasses
-import weakref
 
 import jax
 import jax.numpy as jnp
@@ -58,12 +57,7 @@ def from_config(mesh_cfg, sequence):
   return context
 
 
-_recorded = weakref.WeakKeyDictionary()
 _scoped = []
-
-
-def record(mesh, context):
-  _recorded[mesh] = context
 
 
 @contextlib.contextmanager
@@ -76,10 +70,8 @@ def use(mode="ulysses", head_chunks=1):
     _scoped.pop()
 
 
-def active(mesh):
-  if _scoped:
-    return _scoped[-1]
-  return _recorded.get(mesh, Context())
+def active():
+  return _scoped[-1] if _scoped else Context()
 
 
 def check(context, heads, shards):

@@ -36,20 +36,20 @@ def axis_sizes(mesh_cfg, num_devices):
 
 
 def make_mesh(mesh_cfg, devices=None):
-  """A Mesh with axes (data, fsdp, sequence, tensor), Auto axis types; records the
-  config's context-parallel scheme for it (`parallel.attention` reads it).
+  """A Mesh with axes (data, fsdp, sequence, tensor), Auto axis types. The config's
+  context-parallel scheme is validated here (before anything compiles); the train
+  and eval steps trace under it (experiments.state, parallel.context.use).
 
   `jax.make_mesh` orders devices so the innermost (last) axis gets the fastest
   interconnect; tensor parallelism communicates the most, so it goes last.
   """
   devices = jax.devices() if devices is None else devices
   sizes = axis_sizes(mesh_cfg, len(devices))
-  context = context_lib.from_config(mesh_cfg, sizes["sequence"])
+  context_lib.from_config(mesh_cfg, sizes["sequence"])  # raises on a bad setting
   shape = tuple(sizes[a] for a in AXES)
   if devices is jax.devices() or list(devices) == jax.devices():
     mesh = jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
   else:
     mesh = Mesh(np.asarray(devices).reshape(shape), AXES,
                 axis_types=(AxisType.Auto,) * len(AXES))
-  context_lib.record(mesh, context)
   return mesh

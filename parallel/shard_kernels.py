@@ -80,7 +80,7 @@ def attention(q_BLHK, k_BLGK, v_BLGK, *, kind, impl="auto", causal=True, **param
   spec = rules_lib.spec_for(("batch", "length", "heads"), rules_lib.active_rules(),
                             mesh.axis_names)
   batch_axes, seq_axes, head_axes = (_axes(e, mesh) for e in spec)
-  context = context_lib.active(mesh)
+  context = context_lib.active()
   _check(q_BLHK, mesh, batch_axes, seq_axes, head_axes, context)
   chunks = context.head_chunks if context.chunked else 1
   # kv heads are split over the same axes as the query heads (not the

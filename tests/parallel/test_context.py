@@ -40,6 +40,14 @@ def test_untied_trains_like_ulysses():
   ulysses = train_losses(cfg, jax.devices(), initial)
   untied = train_losses(scheme_config("untied", 2), jax.devices(), initial)
   np.testing.assert_allclose(untied, ulysses, rtol=1e-5)
+  # ... and the train step really ran the chunk loop (a scan: a while loop in HLO).
+  def lowered(cfg):
+    program = state_lib.build(cfg, parallel.make_mesh(cfg.mesh))
+    batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1), jnp.int32,
+                                 sharding=program.batch_sharding)
+    return program.train_step.lower(program.abstract_state, batch).as_text()
+  assert "while" in lowered(scheme_config("untied", 2))
+  assert "while" not in lowered(cfg)
 
 
 def test_untied_matches_ulysses_for_every_kind():
@@ -134,9 +142,8 @@ def test_bad_context_settings_fail_when_the_mesh_is_built(mesh_cfg, message):
 
 
 def test_head_chunks_must_divide_each_devices_heads():
-  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 2, "sequence": 4,
-                             "context": "untied", "head_chunks": 4})
+  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 2, "sequence": 4})
   q = jax.ShapeDtypeStruct((1, 32, 16, 8), jnp.float32)  # 2 heads per device
-  attend = sharded_attention(mesh, kind="dense", impl="xla")  # as recorded by make_mesh
+  attend = sharded_attention(mesh, "untied", 4, kind="dense", impl="xla")
   with pytest.raises(ValueError, match="divisors of 2"):
     jax.eval_shape(attend, q, q, q)
