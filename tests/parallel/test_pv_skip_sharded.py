@@ -29,6 +29,7 @@ def test_sharded_stage_two_matches_one_device():
       return parallel.attention(q, k, v, kind="block_sparse", impl="xla", return_skipped=True,
                                 **{**params, "mask_BHQK": mask})
   got, got_skipped = sharded(q, k, v, params["mask_BHQK"])
-  np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
+  # float32 sums in another order under shard_map: outputs are O(1), so 1e-5 absolute.
+  np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(got_skipped), np.asarray(skipped))
   assert 0 < int(skipped.sum()) < int(params["mask_BHQK"].sum())
