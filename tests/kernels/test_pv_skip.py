@@ -44,9 +44,9 @@ def test_minus_inf_is_stage_one_exactly(params):
 @pytest.mark.parametrize("params", PARAMS)
 def test_finite_threshold_matches_the_oracle(params):
   """xla (gathered or masked dense) == pv_skip.reference_attention, forward and grads,
-  with documents that start mid-block."""
-  q, k, v = _inputs(1)
-  seg_BL = jnp.asarray(np.repeat([[0, 1, 2], [0, 0, 1]], [21, 20, 23], axis=1), jnp.int32)
+  with documents that start mid-block, at a length no block divides (padded inside)."""
+  q, k, v = _inputs(1, L=76)
+  seg_BL = jnp.asarray(np.repeat([[0, 1, 2], [0, 0, 1]], [21, 20, 35], axis=1), jnp.int32)
   lam = -2.0
   f = lambda impl: lambda q, k, v: kernels.attention(  # noqa: E731
       q, k, v, kind="block_sparse", impl=impl, pv_threshold=lam, return_skipped=True,
