@@ -1,179 +1,311 @@
-"""Attention forward+backward timing per kind and impl; prints a table.
+"""Attention forward and backward timing and TFLOP/s per kind, impl and baseline.
 
-  python benchmarks/attention.py                       # CPU defaults: L in 1024..8192
-  python benchmarks/attention.py --lengths=4096 --kinds=dense,block_sparse --repeats=5
+  python benchmarks/attention.py                 # backend defaults (below)
+  python benchmarks/attention.py --lengths=4096,32768 --head_dims=128 --gqa=1,4 \
+      --densities=0.05,0.2 --convention=chinchilla --json=out.json --markdown=out.md
 
-Rows come from CASES, a small registry: add a Case (kind, impl, params as a
-function of the sequence length) to benchmark another attention. Pallas rows
-run only on a GPU/TPU backend (on CPU they would run interpreted). On a GPU,
-`gpu_comparison` also times Pallas dense flash vs cuDNN and block-sparse Pallas
-at density ~0.1 (L=8192, head_dim 128, bfloat16, causal).
+One row per (L, head_dim, heads/kv_heads, case): forward ms, backward ms (the vjp
+alone, its residuals computed beforehand) and their TFLOP/s. FLOPs are the
+attention core's count from models.flops (each kind's KindSpec.flops, so never
+re-derived here) under --convention: `executed` (causal dense at (L+1)/2 keys,
+block kinds whole kept blocks at the measured density) or `chinchilla` (full L,
+density-scaled). Backward = 2x forward FLOPs (models.flops' training = 3x forward;
+recomputation not credited). Sparse kinds run at each --densities target (sparge
+topk / prism max_blocks; the measured density is printed): `est ms` is the block
+estimator alone, `fwd ms` the kernel on its mask, `fwd+est` both in one program.
+Baselines: jax.nn.dot_product_attention (xla, cudnn) and the Pallas kernels that
+ship with JAX (benchmarks/attention_baselines.py); a baseline the backend lacks is
+a row with the reason. Defaults: on GPU/TPU L 4k..32k, head_dim 64 and 128, MHA
+and GQA 4, bfloat16; on CPU toy sizes, float32, Pallas rows off (--pallas=on runs
+them interpreted). XLA paths stop at --xla_max_len (their L x L scores).
 """
 import argparse
-import dataclasses
+import json
+import math
 import os
 import statistics
 import sys
 import time
-from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 
-from kernels import attention, attention_density  # noqa: E402
+import attention_baselines  # noqa: E402
+from kernels import attention, kinds  # noqa: E402
+from models import flops as model_flops  # noqa: E402
 
 ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-  label: str
-  kind: str
-  impl: str
-  params: Callable[[int], dict] = lambda length: {}
-  accelerator_only: bool = False
-
-
-def _blocks(length, block=128):
-  return length // block
-
-
-CASES = [
-    Case("dense", "dense", "xla"),
-    Case("static window=3 + sink", "block_sparse", "xla",
-         lambda length: dict(window_blocks=3, sink_blocks=1)),
-    Case("sparge topk=0.2", "block_sparse", "xla",
-         lambda length: dict(estimator="sparge", topk=0.2)),
-    Case("prism topp=0.9, max_blocks=nK/4", "spectral", "xla",
-         lambda length: dict(topp=0.9, max_blocks=max(2, _blocks(length) // 4))),
-    Case("dense", "dense", "pallas", accelerator_only=True),
-    Case("static window=3 + sink", "block_sparse", "pallas",
-         lambda length: dict(window_blocks=3, sink_blocks=1), accelerator_only=True),
-    Case("prism topp=0.9", "spectral", "pallas", lambda length: dict(topp=0.9),
-         accelerator_only=True),
-]
+DEFAULTS = {
+    True: dict(lengths="4096,8192,16384,32768", head_dims="64,128", heads=16, gqa="1,4",
+               dtype="bfloat16", densities="0.05,0.1,0.2,0.4", xla_max_len=8192),
+    False: dict(lengths="256,512", head_dims="64", heads=4, gqa="1,2",
+                dtype="float32", densities="0.25,0.5", xla_max_len=4096),
+}
+BLOCK = 128
+COLUMNS = [("L", 6), ("K", 4), ("H/G", 6), ("kind", 13), ("impl", 7), ("case", 30),
+           ("density", 8), ("est ms", 8), ("fwd ms", 9), ("fwd+est", 9), ("bwd ms", 9),
+           ("fwd TF/s", 9), ("bwd TF/s", 9), ("note", 0)]
 
 
 def _inputs(batch, length, heads, kv_heads, head_dim, dtype, seed=0):
-  kq, kk, kv = jax.random.split(jax.random.PRNGKey(seed), 3)
+  kq, kk, kv, ko = jax.random.split(jax.random.PRNGKey(seed), 4)
   q = jax.random.normal(kq, (batch, length, heads, head_dim), dtype)
   k = jax.random.normal(kk, (batch, length, kv_heads, head_dim), dtype)
   v = jax.random.normal(kv, (batch, length, kv_heads, head_dim), dtype)
-  return q, k, v
+  return q, k, v, jax.random.normal(ko, q.shape, dtype)
 
 
-def time_forward_backward(fn, q, k, v, repeats):
-  """Median seconds of one jitted forward + backward (vjp with dO = ones)."""
-  @jax.jit
-  def step(q, k, v):
-    o, vjp = jax.vjp(fn, q, k, v)
-    return vjp(jnp.ones_like(o))
-
-  jax.block_until_ready(step(q, k, v))  # compile and warm up
+def timed(fn, args, repeats):
+  """Median seconds of compiled fn(*args) (compiled and run once beforehand)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(step(q, k, v))
+    jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
   return statistics.median(times)
 
 
-def run_case(case, q, k, v, repeats):
-  params = case.params(q.shape[1])
-  fn = lambda q, k, v: attention(q, k, v, kind=case.kind, impl=case.impl, **params)
-  seconds = time_forward_backward(fn, q, k, v, repeats)
-  density = float(jax.jit(lambda q, k: attention_density(q, k, kind=case.kind, **params))(q, k))
-  return seconds, density
+def forward_backward(fn, q, k, v, do, repeats, backward=True):
+  """(forward s, backward s or None): the backward is the vjp applied to dO, its
+  residuals computed by a separate jitted forward (so not timed)."""
+  fwd = timed(fn, (q, k, v), repeats)
+  if not backward:
+    return fwd, None
+  _, vjp = jax.jit(lambda q, k, v: jax.vjp(fn, q, k, v))(q, k, v)
+  return fwd, timed(lambda vjp, do: vjp(do), (vjp, do), repeats)
 
 
-def gpu_comparison(repeats):
-  """Pallas dense flash vs cuDNN, and block-sparse Pallas at density ~0.1."""
-  q, k, v = _inputs(1, 8192, 8, 8, 128, jnp.bfloat16)
-  rows = [
-      ("cudnn dense", lambda q, k, v: jax.nn.dot_product_attention(
-          q, k, v, is_causal=True, implementation="cudnn"), None),
-      ("pallas dense", lambda q, k, v: attention(q, k, v, kind="dense", impl="pallas"), None),
-      ("pallas block_sparse window=3", lambda q, k, v: attention(
-          q, k, v, kind="block_sparse", impl="pallas", window_blocks=3),
-       dict(kind="block_sparse", window_blocks=3)),
-  ]
-  print("\nGPU, L=8192, heads=8, head_dim=128, bfloat16, causal, forward+backward")
-  print(f"{'case':32} {'density':>8} {'ms':>9}")
-  for label, fn, density_params in rows:
-    seconds = time_forward_backward(fn, q, k, v, repeats)
-    density = (float(attention_density(q, k, **density_params)) if density_params else 1.0)
-    print(f"{label:32} {density:8.3f} {seconds * 1e3:9.2f}")
+def flop_config(kind, impl, length, heads, kv_heads, head_dim, params):
+  """The config fields models.flops reads for one attention layer."""
+  return ml_collections.ConfigDict(dict(
+      seq_len=length,
+      model=dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim, width=heads * head_dim),
+      attention=dict(kind=kind, impl=impl, block_q=params.get("block_q", BLOCK),
+                     block_k=params.get("block_k", BLOCK),
+                     feature_map=params.get("feature_map", "identity"),
+                     normalize=params.get("normalize", False),
+                     chunk_size=params.get("chunk_size", 64))))
+
+
+def forward_flops(kind, impl, shape, params, density, convention):
+  batch, length, heads, kv_heads, head_dim = shape
+  cfg = flop_config(kind, impl, length, heads, kv_heads, head_dim, params)
+  per_token = model_flops.attention_core_flops_per_token(
+      kind, cfg, density if kinds.get(kind).estimate else None, convention=convention)
+  return per_token * batch * length
+
+
+def sparse_params(kind, length, density):
+  """Estimator params aiming at `density` of the reachable causal blocks."""
+  blocks = math.ceil(length / BLOCK)
+  if kind == "block_sparse":
+    return dict(estimator="sparge", topk=density)
+  # prism keeps up to max_blocks per query row; a causal row reaches ~nK/2 on average.
+  return dict(topp=0.99, max_blocks=max(1, round(density * (blocks + 1) / 2)))
+
+
+def cases(kind_names, impls, densities):
+  """(kind, impl, label, params or density target) rows for the registered kinds."""
+  rows = []
+  for kind in kind_names:
+    spec = kinds.get(kind)
+    for impl in impls:
+      if impl not in spec.impls:
+        continue
+      if spec.estimate is None:
+        rows.append((kind, impl, "full", None))
+      else:
+        rows += [(kind, impl, f"target density {d:g}", d) for d in densities]
+  return rows
+
+
+def _tflops(flop, seconds):
+  return flop / seconds / 1e12 if seconds else float("nan")
+
+
+def run_case(kind, impl, target, q, k, v, do, repeats, convention):
+  shape = (*q.shape[:3], k.shape[2], q.shape[3])
+  spec = kinds.get(kind)
+  row = dict(kind=kind, impl=impl, case="full" if target is None else f"target {target:g}",
+             density=1.0, est_ms=None, fwd_est_ms=None)
+  params = {} if target is None else sparse_params(kind, q.shape[1], target)
+  if spec.estimate is None:
+    fn = lambda q, k, v: attention(q, k, v, kind=kind, impl=impl, **params)
+  else:
+    estimate = spec.estimate_fn()
+
+    def estimate_mask(q, k):
+      density, out = estimate(q, k, causal=True, **params)
+      return density, out.get("mask_BHQK")
+    est_s = timed(estimate_mask, (q, k), repeats)
+    density, mask = jax.jit(estimate_mask)(q, k)
+    row.update(density=float(density), est_ms=est_s * 1e3, case=row["case"] + (
+        f" ({', '.join(f'{n}={x}' for n, x in params.items())})"))
+    masked = dict(params) if mask is None else dict(params, mask_BHQK=mask)
+    fn = lambda q, k, v: attention(q, k, v, kind=kind, impl=impl, **masked)
+    row["fwd_est_ms"] = 1e3 * timed(
+        lambda q, k, v: attention(q, k, v, kind=kind, impl=impl, **params), (q, k, v), repeats)
+  fwd_s, bwd_s = forward_backward(fn, q, k, v, do, repeats)
+  flop = forward_flops(kind, impl, shape, params, row["density"], convention)
+  row.update(fwd_ms=fwd_s * 1e3, bwd_ms=bwd_s * 1e3, fwd_tflops=_tflops(flop, fwd_s),
+             bwd_tflops=_tflops(2 * flop, bwd_s), forward_flops=flop)
+  return row
+
+
+def run_baseline(base, q, k, v, do, repeats, convention):
+  row = dict(kind="dense", impl="baseline", case=base.name, density=1.0, est_ms=None,
+             fwd_est_ms=None, note=base.reason)
+  if base.fn is None:
+    return dict(row, skipped=base.reason)
+  fwd_s, bwd_s = forward_backward(base.fn, q, k, v, do, repeats, backward=base.backward)
+  flop = forward_flops("dense", "xla", (*q.shape[:3], k.shape[2], q.shape[3]), {}, None,
+                       convention)
+  return dict(row, fwd_ms=fwd_s * 1e3, bwd_ms=None if bwd_s is None else bwd_s * 1e3,
+              fwd_tflops=_tflops(flop, fwd_s),
+              bwd_tflops=None if bwd_s is None else _tflops(2 * flop, bwd_s),
+              forward_flops=flop)
+
+
+def _cell(value, width):
+  if value is None:
+    text = "-"
+  elif isinstance(value, float):
+    text = "nan" if math.isnan(value) else (f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}")
+  else:
+    text = str(value)
+  return text.rjust(width) if width else text
+
+
+def _row_cells(r):
+  note = r.get("skipped") or r.get("error") or r.get("note", "")
+  return [r["L"], r["K"], f"{r['H']}/{r['G']}", r["kind"], r["impl"], r["case"][:30],
+          r["density"], r.get("est_ms"), r.get("fwd_ms"), r.get("fwd_est_ms"), r.get("bwd_ms"),
+          r.get("fwd_tflops"), r.get("bwd_tflops"), note]
+
+
+def format_line(r):
+  return " ".join(_cell(c, w) for c, (_, w) in zip(_row_cells(r), COLUMNS))
+
+
+def markdown(rows, header):
+  lines = [header, "", "| " + " | ".join(n for n, _ in COLUMNS) + " |",
+           "|" + "---|" * len(COLUMNS)]
+  lines += ["| " + " | ".join(_cell(c, 0) for c in _row_cells(r)) + " |" for r in rows]
+  return "\n".join(lines) + "\n"
 
 
 def print_linear_table(lengths, repeats):
   """Linear attention time and compiled temporary memory against L, the log-log
-  slope (~1 for linear, ~2 for dense) and the speedup over dense at 8192."""
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  slope (~1 for linear, ~2 for dense) and the speed-up over dense at 8192."""
   import linear_attention
   rows = linear_attention.linear_rows(tuple(lengths), dense_length=8192, repeats=repeats)
-  print("linear attention (xla, chunk 64), batch 1, 4 heads, head_dim 64, float32, "
+  print("\nlinear attention (xla, chunk 64), batch 1, 4 heads, head_dim 64, float32, "
         "forward+backward incl. the log_decay gradient")
   print(f"{'kind':<8}{'impl':<6}{'L':>7}{'fwd+bwd ms':>12}{'temp MiB':>10}")
   for r in rows:
     print(f"{r['kind']:<8}{r['impl']:<6}{r['L']:>7}{r['fwd_bwd_ms']:>12.1f}"
           f"{r['temp_MiB']:>10.1f}", flush=True)
-  print(f"log-log slope of linear time vs L: {linear_attention.loglog_slope(rows):.3f} "
-        "(target <= 1.15)")
-  if 8192 in lengths:
-    print(f"linear over dense xla at L=8192: "
-          f"{linear_attention.speedup_over_dense(rows, 8192):.1f}x (target >= 4x)\n")
+  print(f"log-log slope of linear time vs L: {linear_attention.loglog_slope(rows):.3f}")
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--lengths", help="comma-separated L (default by backend)")
+  parser.add_argument("--head_dims", help="comma-separated head_dim (K)")
+  parser.add_argument("--heads", type=int, help="query heads H")
+  parser.add_argument("--gqa", help="comma-separated H/G ratios (1: MHA)")
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"))
+  parser.add_argument("--kinds", default=",".join(kinds.names()),
+                      help="comma-separated registered kinds")
+  parser.add_argument("--impls", default="xla,pallas")
+  parser.add_argument("--pallas", default="auto", choices=("auto", "on", "off"),
+                      help="auto: Pallas rows only on GPU/TPU (interpreted on CPU)")
+  parser.add_argument("--densities", help="sparse kinds' target densities")
+  parser.add_argument("--baselines", default="on", choices=("on", "off"))
+  parser.add_argument("--convention", default="executed", choices=model_flops.CONVENTIONS)
+  parser.add_argument("--xla_max_len", type=int, help="longest L for the xla rows")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--budget_s", type=float, default=0,
+                      help="stop starting rows after this many seconds (0: no limit)")
+  parser.add_argument("--linear_lengths", default="",
+                      help="also print the linear-attention scaling table at these L "
+                           "(xla, with the decay gradient; benchmarks/linear_attention.py)")
+  parser.add_argument("--json", help="write the rows here")
+  parser.add_argument("--markdown", help="write the table here")
+  args = parser.parse_args(argv)
+  backend = jax.default_backend()
+  for name, value in DEFAULTS[backend in ACCELERATORS].items():
+    if getattr(args, name) is None:
+      setattr(args, name, value)
+  return args, backend
+
+
+def grid(args):
+  ints = lambda text: [int(x) for x in str(text).split(",") if x]
+  for length in ints(args.lengths):
+    for head_dim in ints(args.head_dims):
+      for ratio in ints(args.gqa):
+        yield length, head_dim, args.heads, max(1, args.heads // ratio)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--lengths", default="1024,2048,4096,8192")
-  parser.add_argument("--head_dim", type=int, default=64)
-  parser.add_argument("--heads", type=int, default=4)
-  parser.add_argument("--kv_heads", type=int, default=None, help="default: --heads")
-  parser.add_argument("--batch", type=int, default=1)
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--kinds", default="dense,block_sparse,spectral,linear",
-                      help="comma-separated kinds to run")
-  parser.add_argument("--linear_lengths", default="1024,2048,4096,8192,16384",
-                      help="lengths of the linear-attention table (xla, with the decay "
-                           "gradient; dense xla at 8192 for comparison)")
-  parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args(argv)
-
-  backend = jax.default_backend()
+  args, backend = parse_args(argv)
   on_accelerator = backend in ACCELERATORS
-  kinds = set(args.kinds.split(","))
-  cases = [c for c in CASES if c.kind in kinds and (on_accelerator or not c.accelerator_only)]
-  if "linear" in kinds:
-    print_linear_table([int(x) for x in args.linear_lengths.split(",")], args.repeats)
+  impls = [i for i in args.impls.split(",") if i]
+  if args.pallas == "off" or (args.pallas == "auto" and not on_accelerator):
+    impls = [i for i in impls if i != "pallas"]
+  densities = [float(x) for x in args.densities.split(",") if x]
+  case_list = cases([k for k in args.kinds.split(",") if k], impls, densities)
   dtype = jnp.dtype(args.dtype)
-  print(f"backend={backend} heads={args.heads} kv_heads={args.kv_heads or args.heads} "
-        f"head_dim={args.head_dim} batch={args.batch} dtype={args.dtype} causal "
-        f"block=128 repeats={args.repeats}; time = median forward+backward; "
-        f"load average at start {os.getloadavg()[0]:.1f}")
-  print(f"{'L':>6} {'kind':13} {'impl':9} {'case':32} {'density':>8} {'ms':>10} {'vs dense':>9}")
-  speedups = {}
-  for length in (int(x) for x in args.lengths.split(",")):
-    q, k, v = _inputs(args.batch, length, args.heads, args.kv_heads or args.heads,
-                      args.head_dim, dtype)
-    dense_seconds = {}
-    for case in cases:
-      seconds, density = run_case(case, q, k, v, args.repeats)
-      if case.kind == "dense":
-        dense_seconds[case.impl] = seconds
-      base = dense_seconds.get(case.impl)
-      ratio = base / seconds if base else float("nan")
-      speedups[(length, case.label, case.impl)] = (ratio, density)
-      print(f"{length:6d} {case.kind:13} {case.impl:9} {case.label:32} {density:8.3f} "
-            f"{seconds * 1e3:10.1f} {ratio:8.2f}x", flush=True)
-  for (length, label, impl), (ratio, density) in speedups.items():
-    if length == 4096 and impl == "xla" and label.startswith("static") and density <= 0.25:
-      print(f"\nblock_sparse xla ({label}, density {density:.3f}) over dense xla at "
-            f"L=4096: {ratio:.2f}x (target >= 2.5x)")
-  if backend in ("gpu", "cuda"):
-    gpu_comparison(args.repeats)
+  header = (f"backend={backend} ({jax.devices()[0].device_kind}) jax={jax.__version__} "
+            f"batch={args.batch} dtype={args.dtype} causal block={BLOCK} "
+            f"repeats={args.repeats} (median); FLOPs: attention core, convention "
+            f"{args.convention}, backward = 2x forward; xla rows up to "
+            f"L={args.xla_max_len}")
+  print(header)
+  print(" ".join(n.rjust(w) if w else n for n, w in COLUMNS), flush=True)
+  rows, start = [], time.perf_counter()
+  for length, head_dim, heads, kv_heads in grid(args):
+    q, k, v, do = _inputs(args.batch, length, heads, kv_heads, head_dim, dtype)
+    todo = [("case", c) for c in case_list]
+    if args.baselines == "on":
+      todo += [("baseline", b) for b in attention_baselines.baselines(dtype, head_dim)]
+    for what, item in todo:
+      base = dict(L=length, K=head_dim, H=heads, G=kv_heads)
+      xla = (what == "baseline" and item.name == "sdpa xla") or (what == "case" and item[1] == "xla")
+      label = dict(kind=item[0], impl=item[1], case=item[2]) if what == "case" else dict(
+          kind="dense", impl="baseline", case=item.name)
+      if args.budget_s and time.perf_counter() - start > args.budget_s:
+        row = dict(base, **label, density=None, skipped=f"over --budget_s={args.budget_s:g}")
+      elif xla and length > args.xla_max_len:
+        row = dict(base, **label, density=None, skipped=f"L > --xla_max_len={args.xla_max_len}")
+      else:
+        try:
+          row = dict(base, **(
+              run_case(item[0], item[1], item[3], q, k, v, do, args.repeats, args.convention)
+              if what == "case" else
+              run_baseline(item, q, k, v, do, args.repeats, args.convention)))
+        except Exception as e:  # noqa: BLE001  an OOM or unsupported shape is one row
+          row = dict(base, **label, density=None,
+                     error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+      rows.append(row)
+      print(format_line(row), flush=True)
+  if args.linear_lengths:
+    print_linear_table([int(x) for x in args.linear_lengths.split(",")], args.repeats)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(header=header, args=vars(args), rows=rows), f, indent=1)
+  if args.markdown:
+    with open(args.markdown, "w") as f:
+      f.write(markdown(rows, header))
+  return rows
 
 
 if __name__ == "__main__":

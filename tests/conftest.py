@@ -1,4 +1,11 @@
-"""Test setup: 8 fake CPU devices for the multi-device tests (set before JAX starts)."""
+"""Test setup: 8 fake CPU devices for the multi-device tests (set before JAX starts).
+
+CHINCHAX_TEST_INTERPRET=0 (benchmarks/accelerator_suite.py's tests stage, on a GPU or
+TPU) is the one switch for compiled kernel tests: the default backend is kept, every
+Pallas kernel compiles instead of interpreting (the tests' interpret=True included),
+and the tests of the other platform's variants or of interpret mode itself skip.
+Multi-device tests need the CPU setting; run only tests/kernels with it.
+"""
 import os
 import tempfile
 
@@ -14,10 +21,35 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 
-jax.config.update("jax_num_cpu_devices", 8)
-jax.config.update("jax_platforms", "cpu")
+COMPILED = os.environ.get("CHINCHAX_TEST_INTERPRET", "1") == "0"
+if COMPILED:
+  from jax.experimental import pallas as _pl
+
+  _pallas_call = _pl.pallas_call
+
+  def _compiled_pallas_call(*args, interpret=False, **kwargs):
+    del interpret  # kernels look pl.pallas_call up at call time, so this covers all
+    return _pallas_call(*args, interpret=False, **kwargs)
+
+  _pl.pallas_call = _compiled_pallas_call
+  jax.config.update("jax_default_matmul_precision", "highest")  # exact references
+else:
+  jax.config.update("jax_num_cpu_devices", 8)
+  jax.config.update("jax_platforms", "cpu")
 
 import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+  if not COMPILED:
+    return
+  native = "tpu" if jax.default_backend() == "tpu" else "cuda"
+  for item in items:
+    platform = getattr(getattr(item, "callspec", None), "params", {}).get("platform")
+    if "interpret" in item.name:
+      item.add_marker(pytest.mark.skip(reason="tests interpret mode itself"))
+    elif platform not in (None, native) and "export" not in item.path.name:
+      item.add_marker(pytest.mark.skip(reason=f"{platform} variant; backend runs {native}"))
 
 from tests.helpers import micro_config  # noqa: E402
 

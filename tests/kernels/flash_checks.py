@@ -4,7 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+# Interpreted (CPU) kernels match the float32 reference to 1e-5; compiled ones
+# (tests/conftest.py's CHINCHAX_TEST_INTERPRET=0) may run float32 dots inside the
+# kernel as TF32 or bf16 passes.
+TOLERANCE = {jnp.float32: 1e-5 if jax.default_backend() == "cpu" else 2e-3,
+             jnp.bfloat16: 2e-2}
 
 
 def fresh_seed():
@@ -22,6 +26,8 @@ def random_qkvo(seed, batch, seq_len, num_heads, num_kv_heads, head_dim, dtype):
 def compile_fast(fn, *args):
   """Runs jit(fn) compiled without XLA's CPU optimisations: interpret-mode
   kernels are compile-bound, and these tests only need correct numbers."""
+  if jax.default_backend() != "cpu":  # compiled kernels: the options are CPU-only
+    return jax.jit(fn)(*args)
   options = {"xla_backend_optimization_level": 0,
              "xla_llvm_disable_expensive_passes": True}
   return jax.jit(fn).lower(*args).compile(options)(*args)
