@@ -35,6 +35,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from kernels import kinds  # noqa: E402  (the registry; no JAX)
+from models.flops import CONVENTIONS  # noqa: E402  (no JAX)
 
 STAGES = ("env", "compile", "tests", "bench_dense", "bench_sparse")
 SHARE = {"env": 0.05, "compile": 0.25, "tests": 0.25, "bench_dense": 0.27, "bench_sparse": 0.18}
@@ -42,7 +43,7 @@ ATTENTION = os.path.join(ROOT, "benchmarks", "attention.py")
 FULL = dict(
     compile=dict(lengths=[1000, 4096], dtypes=["bfloat16", "float32"], head_dim=128),
     tests=["tests/kernels"],
-    bench_dense=["--kinds=dense", "--lengths=4096,8192,16384,32768", "--head_dims=64,128",
+    bench_dense=["--kinds=dense", "--lengths=4096,16384,32768", "--head_dims=64,128",
                  "--gqa=1,4", "--heads=16", "--dtype=bfloat16", "--repeats=5"],
     bench_sparse=["--kinds=SPARSE", "--baselines=off", "--lengths=8192,32768", "--head_dims=128", "--gqa=4", "--heads=16",
                   "--dtype=bfloat16", "--densities=0.05,0.1,0.2,0.4", "--repeats=5"],
@@ -51,7 +52,7 @@ SMOKE = dict(
     compile=dict(lengths=[77], dtypes=["float32"], head_dim=64),
     tests=["tests/kernels/test_flash.py", "-k", "poisons"],
     bench_dense=["--kinds=dense", "--lengths=256", "--head_dims=64", "--gqa=2", "--heads=4",
-                 "--dtype=float32", "--repeats=1"],
+                 "--dtype=float32", "--repeats=1", "--pallas=on"],  # pallas interpreted
     bench_sparse=["--kinds=SPARSE", "--baselines=off", "--lengths=256",
                   "--head_dims=64", "--gqa=2", "--heads=4", "--dtype=float32",
                   "--densities=0.5", "--repeats=1"],
@@ -191,12 +192,13 @@ def run_suite(settings, out, budget_s, convention, stages):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="accelerator_suite_out")
-  parser.add_argument("--budget_s", type=float, default=480,
-                      help="total seconds; each stage gets a fixed share as its timeout")
+  parser.add_argument("--budget_s", type=float, default=540,
+                      help="total seconds (under the 10 minutes a device command may run); "
+                     "each stage gets a fixed share as its timeout")
   parser.add_argument("--smoke", action="store_true", help="toy sizes (CPU plumbing check)")
   parser.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
   parser.add_argument("--stages", default=",".join(STAGES))
-  parser.add_argument("--convention", default="executed", choices=("executed", "chinchilla"))
+  parser.add_argument("--convention", default="executed", choices=CONVENTIONS)
   parser.add_argument("--stage", help=argparse.SUPPRESS)  # a stage's own subprocess
   args = parser.parse_args(argv)
   settings = SMOKE if args.smoke else FULL

@@ -46,7 +46,7 @@ DEFAULTS = {
                 dtype="float32", densities="0.25,0.5", xla_max_len=4096),
 }
 BLOCK = 128
-COLUMNS = [("L", 6), ("K", 4), ("H/G", 6), ("kind", 13), ("impl", 7), ("case", 30),
+COLUMNS = [("L", 6), ("K", 4), ("H/G", 6), ("kind", 13), ("impl", 8), ("case", 30),
            ("density", 8), ("est ms", 8), ("fwd ms", 9), ("fwd+est", 9), ("bwd ms", 9),
            ("fwd TF/s", 9), ("bwd TF/s", 9), ("note", 0)]
 
@@ -145,8 +145,8 @@ def run_case(kind, impl, target, q, k, v, do, repeats, convention):
       return density, out.get("mask_BHQK")
     est_s = timed(estimate_mask, (q, k), repeats)
     density, mask = jax.jit(estimate_mask)(q, k)
-    row.update(density=float(density), est_ms=est_s * 1e3, case=row["case"] + (
-        f" ({', '.join(f'{n}={x}' for n, x in params.items())})"))
+    row.update(density=float(density), est_ms=est_s * 1e3,
+               case=" ".join(f"{n}={x}" for n, x in params.items()))
     masked = dict(params) if mask is None else dict(params, mask_BHQK=mask)
     fn = lambda q, k, v: attention(q, k, v, kind=kind, impl=impl, **masked)
     row["fwd_est_ms"] = 1e3 * timed(
@@ -184,7 +184,8 @@ def _cell(value, width):
 
 def _row_cells(r):
   note = r.get("skipped") or r.get("error") or r.get("note", "")
-  return [r["L"], r["K"], f"{r['H']}/{r['G']}", r["kind"], r["impl"], r["case"][:30],
+  return [r["L"], r["K"], f"{r['H']}/{r['G']}", r["kind"], r["impl"],
+          r["case"].replace("estimator=", "")[:30],
           r["density"], r.get("est_ms"), r.get("fwd_ms"), r.get("fwd_est_ms"), r.get("bwd_ms"),
           r.get("fwd_tflops"), r.get("bwd_tflops"), note]
 

@@ -32,6 +32,24 @@ if COMPILED:
     return _pallas_call(*args, interpret=False, **kwargs)
 
   _pl.pallas_call = _compiled_pallas_call
+
+  # The kernels' shape checks differ when interpreting, so the resolved flag is forced
+  # too: every kernels module that imported resolve_platform gets the compiled one.
+  import importlib
+  import pkgutil
+
+  import kernels
+  from kernels import platform as _platform
+
+  _resolve = _platform.resolve_platform
+
+  def _compiled_resolve(platform=None, interpret=None):
+    return _resolve(platform, False)
+
+  for _info in pkgutil.iter_modules(kernels.__path__):
+    _module = importlib.import_module(f"kernels.{_info.name}")
+    if getattr(_module, "resolve_platform", None) is _resolve:
+      _module.resolve_platform = _compiled_resolve
   jax.config.update("jax_default_matmul_precision", "highest")  # exact references
 else:
   jax.config.update("jax_num_cpu_devices", 8)
