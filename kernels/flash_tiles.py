@@ -5,15 +5,24 @@ row statistics are columns of shape [bq, 1] so the same code lowers through
 Mosaic and Triton. Scores and statistics are float32; the value/key matmuls
 take the probabilities in the input dtype (the usual flash-attention trade).
 
+Softmax runs in base 2 (FlashAttention-2's trick): the logit scale 1/sqrt(K)
+and log2(e) are folded into one constant multiplying the scores, and exp2
+replaces exp, so row maxima and the lse residual are in log2 units. `scale`
+arguments stay the natural 1/sqrt(K): it also scales dq and dk.
+
 Stage 2 of SpargeAttn (kernels.pv_skip): skip_pv decides per tile, the
-*_skipped steps give the backward of a tile whose P.V was dropped.
+*_skipped steps give the backward of a tile whose P.V was dropped; its
+threshold (nats) is converted to log2 units here.
 """
+import math
+
 import jax.numpy as jnp
 from jax import lax
 
 # Finite "minus infinity" for running maxima: keeps exp(m_prev - m_next)
 # finite (no inf - inf) while every masked probability is zeroed explicitly.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+LOG2E = math.log2(math.e)
 
 
 def _precision(dtype):
@@ -60,14 +69,15 @@ def is_full_tile(q_block, k_block, block_q, block_k):
 
 
 def _softmax_update(q, k, m_prev, l_prev, scale, allowed):
-  """Online-softmax statistics of one tile: (m_local, m_next, alpha, p, l_next)."""
-  s = dot_nt(q, k) * scale
+  """Online-softmax statistics of one tile: (m_local, m_next, alpha, p, l_next);
+  the logits s and maxima m are in log2 units."""
+  s = dot_nt(q, k) * (scale * LOG2E)
   if allowed is not None:
     s = jnp.where(allowed, s, MASK_VALUE)
   m_local = jnp.max(s, axis=-1, keepdims=True)
   m_next = jnp.maximum(m_prev, m_local)
-  alpha = jnp.exp(m_prev - m_next)
-  p = jnp.exp(s - m_next)
+  alpha = jnp.exp2(m_prev - m_next)
+  p = jnp.exp2(s - m_next)
   if allowed is not None:
     # A row with no visible key yet has m_next == MASK_VALUE and p == 1.
     p = jnp.where(allowed, p, 0.0)
@@ -85,11 +95,12 @@ def forward_step(q, k, v, m_prev, l_prev, acc_prev, scale, allowed):
 def skip_pv(m_local, m_next, pv_threshold):
   """Scalar bool: stage 2 drops this tile's P.V (the rule of kernels.pv_skip).
 
-  m_local, m_next: [bq, 1]. A row sees no key of the tile iff m_local is
-  MASK_VALUE. Float max reductions: Mosaic reduces bool vectors through them anyway.
+  m_local, m_next: [bq, 1], log2 units; pv_threshold in nats. A row sees no
+  key of the tile iff m_local is MASK_VALUE. Float max reductions: Mosaic
+  reduces bool vectors through them anyway.
   """
   empty = m_local <= MASK_VALUE
-  below = jnp.logical_or(empty, m_local - m_next < pv_threshold)
+  below = jnp.logical_or(empty, m_local - m_next < pv_threshold * LOG2E)
   needs_pv = jnp.max(jnp.where(below, 0.0, 1.0))
   sees_key = jnp.max(jnp.where(empty, 0.0, 1.0))
   return jnp.logical_and(needs_pv == 0.0, sees_key > 0.0)
@@ -125,19 +136,20 @@ def mark_skipped(skipped_1N, k_block):
 
 
 def finalize(m, l, acc):
-  """Output rows and log-sum-exp; rows that saw no key give 0 and lse = -inf."""
+  """Output rows and the base-2 log-sum-exp (the backward's residual); rows
+  that saw no key give 0 and lse = -inf."""
   safe_l = jnp.where(l == 0.0, 1.0, l)
-  return acc / safe_l, m + jnp.log(l)
+  return acc / safe_l, m + jnp.log2(l)
 
 
 def _probs(a, b, lse, scale, allowed):
-  """exp(a b^T * scale - lse), zero where not allowed."""
-  p = jnp.exp(dot_nt(a, b) * scale - lse)
+  """exp2(a b^T * scale * log2(e) - lse), lse in log2 units; zero where not allowed."""
+  p = jnp.exp2(dot_nt(a, b) * (scale * LOG2E) - lse)
   return p if allowed is None else jnp.where(allowed, p, 0.0)
 
 
 def dq_step(q, k, v, do, lse, delta, dq_acc, scale, allowed):
-  """dq += dS K with P = exp(Q K^T * scale - lse), dS = P * (dO V^T - delta).
+  """dq += dS K with P = exp2(Q K^T * scale * log2(e) - lse), dS = P * (dO V^T - delta).
 
   lse, delta: [bq, 1] columns; rows that saw no key have lse = -inf, but all
   their tiles are masked, so the where() zeroes their probabilities.
