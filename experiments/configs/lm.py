@@ -87,8 +87,8 @@ def _attention():
   c.impl = "auto"           # auto | pallas | xla | reference
   c.pattern = ()            # per-layer kinds, cycled over depth
   c.estimator = "static"    # block_sparse: static | sparge
-  c.block_q = 64
-  c.block_k = 64
+  c.block_q = 128           # compiled TPU blocks: multiples of 128 (or the whole length)
+  c.block_k = 128
   c.window_blocks = placeholder(int)
   c.sink_blocks = placeholder(int)
   c.topk = placeholder(float)
