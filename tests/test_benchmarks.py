@@ -41,3 +41,21 @@ def test_dry_run_follows_the_registry(capsys):
   with kinds.registered(toy):
     _suite().main(["--dry_run"])
   assert "toy_kind" in capsys.readouterr().out
+
+
+def test_attention_flops_are_the_models_counts():
+  """benchmarks/attention.py's TFLOP/s use models.flops' per-kind counts (both
+  conventions), times batch x L; here causal dense at L=256, H=4, K=64."""
+  import sys
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  spec = importlib.util.spec_from_file_location(
+      "attention_bench", os.path.join(ROOT, "benchmarks", "attention.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  shape = (2, 256, 4, 2, 64)  # batch, L, H, G, K
+  executed = bench.forward_flops("dense", "xla", shape, {}, None, "executed")
+  chinchilla = bench.forward_flops("dense", "xla", shape, {}, None, "chinchilla")
+  assert executed == 2 * 256 * 4 * (4 * 64 + 3) * (256 + 1) / 2
+  assert chinchilla == 2 * 256 * 4 * (4 * 64 + 3) * 256
+  half = bench.forward_flops("block_sparse", "xla", shape, {}, 0.5, "chinchilla")
+  assert half == chinchilla / 2
