@@ -2,7 +2,9 @@
 
 config.json is the readable record; the durable identity is the config's
 fingerprint, kept also in summary.json and in every checkpoint (with the whole
-config). A relaunch with a different config is refused. When config.json is
+config). A relaunch with a different config is refused; keys added to the config
+since the run was written count as equal at their defaults (so an upgrade does not
+orphan old runs). When config.json is
 missing or unreadable but the run has trained (checkpoints exist), the
 fingerprint from the checkpoints (else summary.json) decides: the same config
 resumes and config.json is rewritten; a different one, or no record at all, is
@@ -34,9 +36,23 @@ class ConfigMismatch(ValueError):
   """The workdir holds a run of another config (or one that cannot be verified)."""
 
 
+_ABSENT = object()
+
+
+def _defaults():
+  from experiments.configs import lm  # here: the config file imports parallel
+  return config_lib.flatten(config_lib.to_dict(lm.base()))
+
+
 def _diff(old, new):
+  """Keys whose values differ. A key the old record lacks and the new config holds at
+  today's default is no difference: it was added to the config since the run was
+  written, and a new key's default keeps the old behaviour."""
   old_flat, new_flat = config_lib.flatten(old), config_lib.flatten(new)
-  return sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+  defaults = _defaults()
+  return sorted(k for k in set(old_flat) | set(new_flat)
+                if old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT)
+                and not (k not in old_flat and new_flat[k] == defaults.get(k, _ABSENT)))
 
 
 def _refuse(workdir, why):
@@ -69,8 +85,13 @@ def check(workdir, cfg_dict, stored, previous, *, trained, write):
   if trained and known is None:
     _refuse(workdir, f"has trained state but its {CONFIG} is {problem} and nothing else "
             "records which config it ran (checkpoints from before config fingerprints)")
-  if trained and known is not None and known != fingerprint:
-    keys = f" (keys {_diff(stored['config'], cfg_dict)})" if stored and "config" in stored else ""
+  # The checkpoint's own config, where it has one, decides by content (as config.json
+  # would); the fingerprint alone cannot tell a changed key from an added one.
+  stored_config = (stored or {}).get("config")
+  differs = (_diff(stored_config, cfg_dict) if stored_config is not None
+             else known is not None and known != fingerprint)
+  if trained and known is not None and differs:
+    keys = f" (keys {differs})" if stored_config is not None else ""
     _refuse(workdir, f"has {CONFIG} {problem}, and its checkpoints were trained with a "
             f"different config{keys}")
   if not write:
@@ -82,6 +103,8 @@ def check(workdir, cfg_dict, stored, previous, *, trained, write):
     note = f"{path}: {problem}; moved to {aside}"
   metrics.write_json_atomic(path, cfg_dict)
   if trained:
+    same = ("whose fingerprint matches the run's checkpoints" if known == fingerprint else
+            "which matches the run's checkpoints (keys added since at their defaults)")
     note = (note + "; " if note else f"{path} was missing; ") + (
-        "rewritten from this config, whose fingerprint matches the run's checkpoints")
+        f"rewritten from this config, {same}")
   return note
