@@ -45,7 +45,8 @@ FULL = dict(
     tests=["tests/kernels"],
     bench_dense=["--kinds=dense", "--lengths=4096,16384,32768", "--head_dims=64,128",
                  "--gqa=1,4", "--heads=16", "--dtype=bfloat16", "--repeats=5"],
-    bench_sparse=["--kinds=SPARSE", "--baselines=off", "--lengths=8192,32768", "--head_dims=128", "--gqa=4", "--heads=16",
+    bench_sparse=["--kinds=SPARSE", "--baselines=off", "--lengths=8192,32768",
+                  "--head_dims=128", "--gqa=4", "--heads=16",
                   "--dtype=bfloat16", "--densities=0.05,0.1,0.2,0.4", "--repeats=5"],
 )
 SMOKE = dict(

@@ -280,7 +280,7 @@ def main(argv=None):
       todo += [("baseline", b) for b in attention_baselines.baselines(dtype, head_dim)]
     for what, item in todo:
       base = dict(L=length, K=head_dim, H=heads, G=kv_heads)
-      xla = (what == "baseline" and item.name == "sdpa xla") or (what == "case" and item[1] == "xla")
+      xla = item.name == "sdpa xla" if what == "baseline" else item[1] == "xla"
       label = dict(kind=item[0], impl=item[1], case=item[2]) if what == "case" else dict(
           kind="dense", impl="baseline", case=item.name)
       if args.budget_s and time.perf_counter() - start > args.budget_s:

@@ -84,8 +84,9 @@ def baselines(dtype, head_dim):
     rows.append(Baseline("sdpa cudnn", None, "cuDNN flash takes bfloat16/float16 only"))
   else:
     rows.append(Baseline("sdpa cudnn", _sdpa("cudnn")))
-  rows.append(Baseline("pallas.ops gpu mha (triton)", _triton_flash) if gpu else
-              Baseline("pallas.ops gpu mha (triton)", None, f"needs a CUDA GPU (backend {backend})"))
+  triton = "pallas.ops gpu mha (triton)"
+  rows.append(Baseline(triton, _triton_flash) if gpu else
+              Baseline(triton, None, f"needs a CUDA GPU (backend {backend})"))
   if not gpu or _gpu_capability() < 9.0:
     rows.append(Baseline("pallas.ops gpu attention_mgpu", None,
                          "needs a Hopper+ GPU (sm_90)"))
