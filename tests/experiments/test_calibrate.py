@@ -16,6 +16,7 @@ from experiments import block_stats, calibrate, calibrate_search as search, prob
 from kernels import dense, pv_skip, sparse
 
 TARGET = 0.08
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 # A small grid keeps the test fast (the CLI searches search.grid's 61 settings).
 GRID = tuple({"topk": t, "topp": None, "sim_threshold": None, "pv_threshold": None}
              for t in (0.05, 0.15, 0.25, 0.35, 0.5, 0.7, 1.0))
@@ -23,12 +24,15 @@ GRID = tuple({"topk": t, "topp": None, "sim_threshold": None, "pv_threshold": No
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  """A tiny run trained a few steps (one device): seq 128 in 16-token blocks."""
+  """A tiny run trained a few steps (one device): seq 128 in 16-token blocks. Compiled
+  without XLA's CPU optimisations (the run is compile-bound; the tests read its weights)."""
   workdir = tmp_path_factory.mktemp("calibrate") / "run"
   proc = run_train(workdir, *MICRO_FLAGS, "steps=30", "seq_len=128", "checkpoint_every=30",
                    "eval_every=30", "log_every=10", "model.width=64", "model.heads=4",
                    "model.kv_heads=2", "model.mlp_width=128", "attention.block_q=16",
-                   "attention.block_k=16", "optimizer.lr=0.01")
+                   "attention.block_k=16", "optimizer.lr=0.01",
+                   env={"XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                        "--xla_llvm_disable_expensive_passes=true"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   return str(workdir)
 
@@ -53,28 +57,44 @@ def _inputs(seed, batch=2, length=64, heads=4, groups=2, dim=8, scale=4.0):
   return q, k, v, seg
 
 
+# The oracles only need correct numbers: compiled without XLA's CPU optimisations (as
+# tests.kernels.flash_checks.compile_fast), which is most of these tests' time.
 _REFERENCE = jax.jit(pv_skip.reference_attention,
-                     static_argnames=("block_q", "block_k", "causal", "pv_threshold"))
+                     static_argnames=("block_q", "block_k", "causal", "pv_threshold"),
+                     compiler_options=FAST)
 
 
 def test_tile_scores_equal_the_oracles():
   q, k, v, seg = _inputs(0)  # row 0: two documents, row 1: one
   mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.7, (2, 4, 4, 8))
-  stats = block_stats.tile_stats(q, k, v, seg, block_q=16, block_k=8)
-  for pv in (None, -0.1):
-    want, want_skipped = _REFERENCE(q, k, v, mask, block_q=16, block_k=8,
-                                    segment_ids_BL=seg, pv_threshold=pv)
-    got, skipped = block_stats.output(stats, mask, -jnp.inf if pv is None else pv)
+  everything = jnp.ones(mask.shape, bool)
+  pvs = (None, -0.1)
+
+  def scores_and_oracles(q, k, v, seg, mask):
+    """Everything below as one program (one compile, not one per library call)."""
+    stats = block_stats.tile_stats(q, k, v, seg, block_q=16, block_k=8)
+    return dict(
+        want=[pv_skip.reference_attention(q, k, v, mask, block_q=16, block_k=8,
+                                          segment_ids_BL=seg, pv_threshold=pv)
+              for pv in pvs],
+        got=[block_stats.output(stats, mask, -jnp.inf if pv is None else pv) for pv in pvs],
+        o_dense=dense.reference_attention(q, k, v,
+                                          mask_BHQK=block_stats.token_allowed(64, seg)),
+        o_everything=block_stats.output(stats, everything)[0],
+        recall_everything=block_stats.recall(stats, everything),
+        recall_mask=block_stats.recall(stats, mask),
+        errors=block_stats.errors(stats, mask, -0.1))
+
+  r = jax.jit(scores_and_oracles, compiler_options=FAST)(q, k, v, seg, mask)
+  for pv, (want, want_skipped), (got, skipped) in zip(pvs, r["want"], r["got"]):
     np.testing.assert_allclose(got, want, atol=2e-5)
     np.testing.assert_array_equal(skipped, want_skipped)
     assert (int(skipped.sum()) > 0) == (pv is not None)  # stage 2 is exercised
-  everything = jnp.ones(mask.shape, bool)
-  o_dense = jax.jit(dense.reference_attention)(
-      q, k, v, mask_BHQK=block_stats.token_allowed(64, seg))
-  np.testing.assert_allclose(block_stats.output(stats, everything)[0], o_dense, atol=2e-5)
-  assert float(block_stats.recall(stats, everything)) == pytest.approx(1.0, abs=1e-5)
-  assert 0 < float(block_stats.recall(stats, mask)) < 1
-  errors = block_stats.errors(stats, mask, -0.1)
+  o_dense = r["o_dense"]
+  np.testing.assert_allclose(r["o_everything"], o_dense, atol=2e-5)
+  assert float(r["recall_everything"]) == pytest.approx(1.0, abs=1e-5)
+  assert 0 < float(r["recall_mask"]) < 1
+  errors = r["errors"]
   assert float(errors["skipped"]) == int(skipped.sum())
   assert float(errors["l1"]) == pytest.approx(float(jnp.sum(jnp.abs(got - o_dense))), rel=1e-4)
 

@@ -7,6 +7,7 @@ import pytest
 from kernels import attention, attention_density, block_mask
 from kernels import dense
 from kernels.gathered import gathered_attention
+from tests.kernels.flash_checks import compile_fast
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -26,12 +27,12 @@ def _rel(a, b):
 
 
 def _forward_and_grads(fn, q, k, v, cotangent):
-  """jit of (o, dq, dk, dv): the output and its vjp with a random cotangent."""
-  @jax.jit
+  """jit of (o, dq, dk, dv): the output and its vjp with a random cotangent (compiled
+  without XLA's CPU optimisations: these checks are compile-bound)."""
   def run(q, k, v):
     o, vjp = jax.vjp(fn, q, k, v)
     return (o, *vjp(cotangent.astype(o.dtype)))
-  return run(q, k, v)
+  return compile_fast(run, q, k, v)
 
 
 def _assert_close(got, want, tol):
