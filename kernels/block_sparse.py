@@ -177,11 +177,12 @@ def split_lists(lists, skipped_BHQK, segmented):
   listed tiles whose P.V the forward computed, and those it skipped."""
   listed = listed_tiles(lists, *skipped_BHQK.shape[:2])
 
-  def to_lists(mask_BHQK):
+  def to_lists(mask_BHQK):  # subsets of the listed tiles: the same bounds hold
     block_mask = block_mask_lib.from_mask(mask_BHQK, block_q=lists.block_q,
                                           block_k=lists.block_k, causal=lists.causal)
     return flash_lists.from_block_mask(block_mask, causal=lists.causal,
-                                       segmented=segmented)
+                                       segmented=segmented, kv_steps=lists.kv_steps,
+                                       q_steps=lists.q_steps)
   return to_lists(listed & ~skipped_BHQK), to_lists(listed & skipped_BHQK)
 
 
@@ -238,7 +239,8 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
 
 def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
                            causal=True, segment_ids_BL=None, pv_threshold=None,
-                           return_skipped=False, interpret=None, platform=None):
+                           return_skipped=False, max_blocks=None, interpret=None,
+                           platform=None):
   """Attention restricted to the tiles block_mask keeps (and causal); o_BLHK.
 
   Query rows that see no key (an empty mask row) return zeros. Block sizes come
@@ -251,6 +253,11 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
   very negative finite lambda runs stage 2's). return_skipped: return
   (o_BLHK, skipped_BHQK), skipped_BHQK bool [B, H, nQ, nK] (query heads, no
   gradient; all False without pv_threshold).
+  max_blocks (static int; None: from the mask when it is known at trace time, else
+  nK): a bound on kept key blocks per query block; the TPU grid walks that many
+  steps per row (splash's shrunk grid). Rows keep only their first max_blocks
+  blocks, as the XLA path (kernels.gathered) does; the estimators' max_blocks cap
+  makes that a no-op.
   platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
   """
   platform, interpret = resolve_platform(platform, interpret)
@@ -269,11 +276,23 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
   if segment_ids_BL is not None:
     block_mask = segmented_block_mask(block_mask.mask_BHQK, segment_ids_BL, bq, bk,
                                       causal=causal)
+  if max_blocks is not None and max_blocks < block_mask.mask_BHQK.shape[-1]:
+    block_mask = first_blocks(block_mask, max_blocks, causal)
   lists = flash_lists.from_block_mask(block_mask, causal=causal,
-                                      segmented=segment_ids_BL is not None)
+                                      segmented=segment_ids_BL is not None,
+                                      kv_steps=max_blocks)
   return run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
                    interpret=interpret, segment_ids_BL=segment_ids_BL,
                    pv_threshold=pv_threshold, return_skipped=return_skipped)
+
+
+def first_blocks(block_mask, max_blocks, causal):
+  """The BlockMask keeping each row's first max_blocks kept key blocks."""
+  mask_BHQK = block_mask.mask_BHQK
+  rank_BHQK = jnp.cumsum(mask_BHQK, axis=-1, dtype=jnp.int32)
+  return block_mask_lib.from_mask(mask_BHQK & (rank_BHQK <= max_blocks),
+                                  block_q=block_mask.block_q, block_k=block_mask.block_k,
+                                  causal=causal)
 
 
 def segmented_block_mask(mask_BHQK, segment_ids_BL, block_q, block_k, *, causal):

@@ -8,6 +8,11 @@ broadcasts over the data's batch or query heads.
 
 Dense flash attention is the same kernel over the full (causal) block pattern,
 built here with numpy at trace time so it costs nothing at run time.
+
+`kv_steps` / `q_steps` are static bounds on a row's count: the TPU kernels'
+list axis has that many grid steps instead of nK / nQ (splash attention's
+shrunk grid). They come from a mask known at trace time, or from the caller
+(block_sparse_attention's max_blocks); otherwise they are nK / nQ.
 """
 import dataclasses
 
@@ -34,6 +39,8 @@ class SparseLists:
   block_q: int = dataclasses.field(metadata=dict(static=True))
   block_k: int = dataclasses.field(metadata=dict(static=True))
   causal: bool = dataclasses.field(metadata=dict(static=True))
+  kv_steps: int = dataclasses.field(metadata=dict(static=True))  # >= every kv_count
+  q_steps: int = dataclasses.field(metadata=dict(static=True))   # >= every q_count
 
   def _mask_bh(self, b, h):
     return (b if self.mask_batch > 1 else 0), (h if self.mask_heads > 1 else 0)
@@ -58,12 +65,23 @@ def full_tiles(num_q_blocks, num_k_blocks, block_q, block_k, causal, xp=jnp):
   return last_key_K[None, :] <= first_query_Q[:, None]
 
 
-def from_block_mask(block_mask: BlockMask, *, causal, segmented=False):
+def max_count(count, bound, ceiling):
+  """Static grid length of a list axis: the largest count when it is known at
+  trace time, else `bound` (None: ceiling); at least 1 (finalize must run)."""
+  known = ceiling if bound is None else min(bound, ceiling)
+  if not isinstance(count, jax.core.Tracer):
+    known = min(known, int(np.max(np.asarray(count), initial=0)))
+  return max(1, known)
+
+
+def from_block_mask(block_mask: BlockMask, *, causal, segmented=False, kv_steps=None,
+                    q_steps=None):
   """Kernel lists for a BlockMask (lists from it, split counts derived here).
 
   segmented: the kernels also mask by segment id, so no tile is known to be
   full (a causally full tile may still cross a document boundary): every
   active tile goes to the masked path (kv_full = 0, q_partial = q_count).
+  kv_steps / q_steps: static bounds the caller guarantees on the counts.
   """
   mask_BHQK = block_mask.mask_BHQK
   mask_batch, mask_heads, num_q, num_k = mask_BHQK.shape
@@ -78,7 +96,9 @@ def from_block_mask(block_mask: BlockMask, *, causal, segmented=False):
       as_flat(kv_full), as_flat(block_mask.q_index_BHKN),
       as_flat(block_mask.q_count_BHK), as_flat(q_partial),
       mask_batch, mask_heads, num_q, num_k, block_mask.block_q,
-      block_mask.block_k, causal)
+      block_mask.block_k, causal,
+      max_count(block_mask.kv_count_BHQ, kv_steps, num_k),
+      max_count(block_mask.q_count_BHK, q_steps, num_q))
 
 
 def _ascending_lists(mask_RC):
@@ -110,4 +130,5 @@ def dense_lists(seq_len, block_q, block_k, causal):
   q_partial = (active_QK & ~full_QK).sum(axis=0).astype(np.int32)
   arrays = [jnp.asarray(x) for x in (kv_index, kv_count, kv_full, q_index,
                                      q_count, q_partial)]
-  return SparseLists(*arrays, 1, 1, num_q, num_k, block_q, block_k, causal)
+  return SparseLists(*arrays, 1, 1, num_q, num_k, block_q, block_k, causal,
+                     max_count(kv_count, None, num_k), max_count(q_count, None, num_q))

@@ -2,7 +2,9 @@
 layout, list and segment helpers it shares with the dq and dk/dv kernels
 (kernels.sparse_flash_tpu_bwd).
 
-The last grid axis walks a row's list of active blocks. The lists live in
+The last grid axis walks a row's list of active blocks; its length is the
+lists' static bound on a row's count (kv_steps / q_steps, splash attention's
+shrunk grid), not nK / nQ. The lists live in
 scalar memory (PrefetchScalarGridSpec), so the k/v (or q) index maps read the
 next active block before the body runs: empty blocks are never fetched, and
 the padded tail of a list repeats its last block, which Pallas does not
@@ -118,7 +120,7 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented,
   else:
     q_ref, k_ref, v_ref, o_ref, lse_ref, skip_ref, m_scr, l_scr, acc_scr = refs
   b, h, i, n = (pl.program_id(axis) for axis in range(4))
-  steps = lists.num_k_blocks
+  stride = lists.num_k_blocks
 
   @pl.when(n == 0)
   def _init():
@@ -129,7 +131,7 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented,
       skip_ref[...] = jnp.zeros(skip_ref.shape, jnp.int32)
 
   row = lists.kv_row(b, h, i)
-  k_block = kv_index_ref[row * steps + n]
+  k_block = kv_index_ref[row * stride + n]
 
   def step(allowed):
     m, l, acc = tiles.forward_step(
@@ -160,7 +162,7 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented,
             step if pv_threshold is None else step_pv,
             same_segment=_same_segment(seg_refs))
 
-  @pl.when(n == steps - 1)
+  @pl.when(n == lists.kv_steps - 1)
   def _finalize():
     o, lse = tiles.finalize(_column(m_scr), _column(l_scr), acc_scr[...])
     o_ref[...] = o.astype(o_ref.dtype)
@@ -169,13 +171,13 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented,
 
 def _q_major_specs(lists, num_groups, head_dim):
   """Index maps for grids (b, h, i, n) that walk the kv list of query block i."""
-  bq, bk, steps = lists.block_q, lists.block_k, lists.num_k_blocks
+  bq, bk, stride = lists.block_q, lists.block_k, lists.num_k_blocks
 
   def q_map(b, h, i, n, kv_index_ref, kv_count_ref):
     return (b, h, i, 0)
 
   def kv_map(b, h, i, n, kv_index_ref, kv_count_ref):
-    return (b, lax.div(h, num_groups), kv_index_ref[lists.kv_row(b, h, i) * steps + n], 0)
+    return (b, lax.div(h, num_groups), kv_index_ref[lists.kv_row(b, h, i) * stride + n], 0)
 
   def stat_map(b, h, i, n, kv_index_ref, kv_count_ref):
     return (b, h, 0, i)
@@ -192,13 +194,13 @@ def _q_major_segment_inputs(lists, segment_ids_BL):
   block i as columns, the n-th listed key block as a row."""
   if segment_ids_BL is None:
     return [], []
-  bq, bk, steps = lists.block_q, lists.block_k, lists.num_k_blocks
+  bq, bk, stride = lists.block_q, lists.block_k, lists.num_k_blocks
 
   def col_map(b, h, i, n, kv_index_ref, kv_count_ref):
     return (b, i, 0)
 
   def row_map(b, h, i, n, kv_index_ref, kv_count_ref):
-    return (b, 0, kv_index_ref[lists.kv_row(b, h, i) * steps + n])
+    return (b, 0, kv_index_ref[lists.kv_row(b, h, i) * stride + n])
 
   specs = [pl.BlockSpec((None, bq, LANES), col_map),
            pl.BlockSpec((None, 1, bk), row_map)]
@@ -226,7 +228,7 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
         (None, None, None, 1, width), lambda b, h, i, n, *_: (b, h, i, 0, 0)))
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=2,
-      grid=(batch, num_heads, lists.num_q_blocks, lists.num_k_blocks),
+      grid=(batch, num_heads, lists.num_q_blocks, lists.kv_steps),
       in_specs=[*seg_specs, q_spec, kv_spec, kv_spec],
       out_specs=out_specs,
       scratch_shapes=[pltpu.VMEM((bq, LANES), jnp.float32),

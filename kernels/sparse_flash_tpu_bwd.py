@@ -30,7 +30,6 @@ def _dq_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented, skipp
   else:
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_scr = refs
   b, h, i, n = (pl.program_id(axis) for axis in range(4))
-  steps = lists.num_k_blocks
 
   @pl.when(n == 0)
   def _init():
@@ -49,10 +48,10 @@ def _dq_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented, skipp
         jnp.expand_dims(lse_ref[0], -1), jnp.expand_dims(delta_ref[0], -1),
         dq_scr[...], scale, allowed)
 
-  _run_tile(n < kv_count_ref[row], i, kv_index_ref[row * steps + n], lists, step,
-            same_segment=_same_segment(seg_refs))
+  _run_tile(n < kv_count_ref[row], i, kv_index_ref[row * lists.num_k_blocks + n], lists,
+            step, same_segment=_same_segment(seg_refs))
 
-  @pl.when(n == steps - 1)
+  @pl.when(n == lists.kv_steps - 1)
   def _finalize():
     dq_ref[...] = (dq_scr[...] * scale).astype(dq_ref.dtype)
 
@@ -66,7 +65,6 @@ def _dkv_kernel(q_index_ref, q_count_ref, *refs, lists, scale, num_groups,
     (q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref, dk_scr,
      dv_scr) = refs
   b, g, j, r, n = (pl.program_id(axis) for axis in range(5))
-  steps = lists.num_q_blocks
 
   @pl.when(jnp.logical_and(r == 0, n == 0))
   def _init():
@@ -85,10 +83,10 @@ def _dkv_kernel(q_index_ref, q_count_ref, *refs, lists, scale, num_groups,
         q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...], delta_ref[...],
         dk_scr[...], dv_scr[...], scale, allowed)
 
-  _run_tile(n < q_count_ref[row], q_index_ref[row * steps + n], j, lists, step,
-            keys_major=True, same_segment=_same_segment(seg_refs))
+  _run_tile(n < q_count_ref[row], q_index_ref[row * lists.num_q_blocks + n], j, lists,
+            step, keys_major=True, same_segment=_same_segment(seg_refs))
 
-  @pl.when(jnp.logical_and(r == num_groups - 1, n == steps - 1))
+  @pl.when(jnp.logical_and(r == num_groups - 1, n == lists.q_steps - 1))
   def _finalize():
     dk_ref[...] = (dk_scr[...] * scale).astype(dk_ref.dtype)
     if not skipped:
@@ -132,7 +130,7 @@ def _dq_call(q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L, lists, *,
       out_shape=jax.ShapeDtypeStruct(q_BHLK.shape, out_dtype or q_BHLK.dtype),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=2,
-          grid=(q_BHLK.shape[0], num_heads, lists.num_q_blocks, lists.num_k_blocks),
+          grid=(q_BHLK.shape[0], num_heads, lists.num_q_blocks, lists.kv_steps),
           in_specs=[*seg_specs, *specs, stat_spec, stat_spec],
           out_specs=q_spec,
           scratch_shapes=[pltpu.VMEM((lists.block_q, head_dim), jnp.float32)]),
@@ -146,11 +144,11 @@ def _dq_call(q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L, lists, *,
 def _k_major_specs(lists, num_groups, head_dim, segmented):
   """Index maps for grids (b, g, j, r, n) that walk the q list of key block j
   for query head g * num_groups + r: q-side, stat, kv and segment specs."""
-  bq, bk, steps = lists.block_q, lists.block_k, lists.num_q_blocks
+  bq, bk, stride = lists.block_q, lists.block_k, lists.num_q_blocks
 
   def q_block(b, g, j, r, n, q_index_ref):
     h = g * num_groups + r
-    return h, q_index_ref[lists.q_row(b, h, j) * steps + n]
+    return h, q_index_ref[lists.q_row(b, h, j) * stride + n]
 
   def q_map(b, g, j, r, n, q_index_ref, q_count_ref):
     h, i = q_block(b, g, j, r, n, q_index_ref)
@@ -203,8 +201,7 @@ def _dkv_call(q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L, lists, *,
       out_shape=[jax.ShapeDtypeStruct(x.shape, out_dtype or x.dtype) for x in outputs],
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=2,
-          grid=(batch, num_kv_heads, lists.num_k_blocks, num_groups,
-                lists.num_q_blocks),
+          grid=(batch, num_kv_heads, lists.num_k_blocks, num_groups, lists.q_steps),
           in_specs=[*seg_specs, *specs],
           out_specs=[kv_spec] * len(outputs),
           scratch_shapes=[pltpu.VMEM((bk, head_dim), jnp.float32)] * len(outputs)),

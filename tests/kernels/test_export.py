@@ -84,3 +84,20 @@ def test_forward_and_grad_export_with_segment_ids(platform):
       assert exported.mlir_module().count(CUSTOM_CALL[platform]) == count, (name, platform)
       out_shapes = [o.shape for o in exported.out_avals]
       assert out_shapes[0] == q.shape and all(s in (q.shape, kv.shape) for s in out_shapes)
+
+
+def test_tpu_export_with_the_grid_shrunk_to_max_blocks():
+  """A mask known only at run time (built under the trace) with max_blocks: the
+  list axis of the forward and dq grids has max_blocks steps."""
+  q = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, HEADS, HEAD_DIM), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, KV_HEADS, HEAD_DIM), jnp.bfloat16)
+  keep = np.asarray(_sparse_mask().mask_BHQK)
+
+  def attn(q, k, v):
+    mask = bm.from_mask(jnp.asarray(keep), block_q=BLOCK, block_k=BLOCK)
+    return block_sparse_attention(q, k, v, mask, max_blocks=3, interpret=False,
+                                  platform="tpu")
+  grad = jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v).astype(jnp.float32)),
+                  argnums=(0, 1, 2))
+  exported = jax.export.export(jax.jit(grad), platforms=["tpu"])(q, kv, kv)
+  assert exported.mlir_module().count(CUSTOM_CALL["tpu"]) == 3
