@@ -118,7 +118,10 @@ def _sharded_and_plain(fn, mesh_shape, *args):
   def sharded(*a):
     with parallel.activate(mesh, parallel.DEFAULT_RULES):
       return fn(*a)
-  return jax.jit(sharded)(*args), jax.jit(fn)(*args)
+  # Both compiled without XLA's CPU optimisations (compile-bound; the check needs numbers).
+  fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+  return (jax.jit(sharded, compiler_options=fast)(*args),
+          jax.jit(fn, compiler_options=fast)(*args))
 
 
 def _loss_and_grads(attend):
