@@ -198,7 +198,9 @@ def test_divergence_stops_at_its_step_strict_json_and_exit_3(tmp_path):
   sparse = run_train(tmp_path / "sparse", *flags, "log_every=10")
   assert every["status"] == "diverged"
   assert sparse.returncode == train.EXIT_CODES["diverged"], sparse.stderr
-  first = strict_load(tmp_path / "every" / "summary.json")["step"]
+  every_summary = strict_load(tmp_path / "every" / "summary.json")
+  assert every_summary["status"] == "diverged"  # (was test_train's divergence test)
+  first = every_summary["step"]
   assert first == every["step"]
   summary = strict_load(tmp_path / "sparse" / "summary.json")
   assert summary["status"] == "diverged" and summary["step"] == first < 10
