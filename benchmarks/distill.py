@@ -3,7 +3,7 @@
 Trains, on the same data and seeds: a dense model; the same model with block-sparse
 attention (sparge, top-k) and no distillation; and the sparse model with
 `attention.distill_weight` > 0 (each sparse layer pulled towards dense attention on
-its own q, k, v; with --teacher, the logits pulled towards the frozen --init_from run's). Optionally every arm starts from a dense checkpoint (--init_from,
+its own q, k, v; with --teacher, its logits pulled towards a frozen run's). Optionally every arm starts from a dense checkpoint (--init_from,
 SpargeAttention2's fine-tuning setting). Prints the eval-loss curves and the gap
 
     gap = eval_loss(sparse arm) - eval_loss(dense)
@@ -29,10 +29,12 @@ _INIT = flags.DEFINE_string(
     "init_from", "", "A dense run: every arm starts from its latest params (fine-tuning, "
     "SpargeAttention2's setting; the dense arm continues training it). Its model settings "
     "must match --set.")
-_TEACHER = flags.DEFINE_bool(
-    "teacher", False, "The distilled arm distils towards the frozen --init_from run's "
-    "logits (attention.distill_teacher, SpargeAttention2's output-level distillation) "
-    "instead of each layer's own dense attention.")
+_TEACHER = flags.DEFINE_enum(
+    "teacher", "", ["", "init", "dense"], "The distilled arm distils towards a frozen "
+    "run's logits (attention.distill_teacher, SpargeAttention2's output-level "
+    "distillation) instead of each layer's own dense attention: 'init' the --init_from "
+    "run, 'dense' this benchmark's dense arm (trained first: a dense model of the same "
+    "size on the same data).")
 _SETTINGS = flags.DEFINE_list(
     "set", ["data.corpus=pystdlib", "seq_len=256", "batch_size=16", "model.width=128",
             "model.depth=2", "model.heads=4", "model.kv_heads=2", "model.mlp_width=384",
@@ -46,15 +48,21 @@ def _arms():
             f"attention.topk={_TOPK.value}", f"attention.block_q={_BLOCK.value}",
             f"attention.block_k={_BLOCK.value}"]
   distill = sparse + [f"attention.distill_weight={_WEIGHT.value}"]
-  if _TEACHER.value:
+  if _TEACHER.value == "init":
     if not _INIT.value:
-      raise app.UsageError("--teacher distils towards the --init_from run; pass one.")
+      raise app.UsageError("--teacher=init distils towards the --init_from run; pass one.")
     distill.append(f"attention.distill_teacher={os.path.abspath(_INIT.value)}")
+  elif _TEACHER.value == "dense":
+    distill.append(f"attention.distill_teacher={os.path.abspath(_workdir('dense'))}")
   return {"dense": [], "sparse": sparse, "sparse+distill": distill}
 
 
+def _workdir(name):
+  return os.path.join(_OUT.value, name.replace("+", "_"))
+
+
 def _train(name, overrides):
-  workdir = os.path.join(_OUT.value, name.replace("+", "_"))
+  workdir = _workdir(name)
   cmd = [sys.executable, "-m", "experiments.train",
          "--config=experiments/configs/lm.py:tiny", f"--workdir={workdir}",
          f"--config.steps={_STEPS.value}"]
