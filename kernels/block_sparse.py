@@ -87,8 +87,10 @@ def check_segment_ids(segment_ids_BL, q_BLHK):
 
 
 # Segment ids (an int array or None) are a non-differentiable input like the lists.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret):
+# bwd_tiles: static (tile_q, tile_k) of the backward kernels (kernels.flash_lists.refine).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret,
+                  bwd_tiles):
   o_BLHK, _ = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, lists,
                                           **_segment_kwargs(segment_ids_BL),
                                           interpret=interpret)
@@ -101,17 +103,18 @@ def _segment_kwargs(segment_ids_BL):
 
 
 def _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                      interpret):
+                      interpret, bwd_tiles):
   o_BLHK, lse = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, lists,
                                             **_segment_kwargs(segment_ids_BL),
                                             interpret=interpret)
   return o_BLHK, (q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL)
 
 
-def _sparse_flash_bwd(platform, interpret, residuals, do_BLHK):
+def _sparse_flash_bwd(platform, interpret, bwd_tiles, residuals, do_BLHK):
   q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL = residuals
+  tile_lists = flash_lists.refine(lists, *bwd_tiles, segmented=segment_ids_BL is not None)
   dq, dk, dv = _BACKENDS[platform].backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse,
-                                            do_BLHK, lists, interpret=interpret,
+                                            do_BLHK, tile_lists, interpret=interpret,
                                             **_segment_kwargs(segment_ids_BL))
   no_grad = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0),
                          (lists, segment_ids_BL))
@@ -125,9 +128,9 @@ _sparse_flash.defvjp(_sparse_flash_fwd, _sparse_flash_bwd)
 # The backward treats those decisions as constants and walks two list sets: the
 # computed tiles with the usual kernels, the skipped ones with their "skipped"
 # variant (dS = -P * delta, nothing to dv); the partial gradients are summed.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
 def _sparse_flash_pv(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret,
-                     pv_threshold):
+                     bwd_tiles, pv_threshold):
   o_BLHK, _, skipped_BHQK = _BACKENDS[platform].forward(
       q_BLHK, k_BLGK, v_BLGK, lists, **_segment_kwargs(segment_ids_BL),
       interpret=interpret, pv_threshold=pv_threshold)
@@ -135,7 +138,7 @@ def _sparse_flash_pv(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, in
 
 
 def _sparse_flash_pv_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                         interpret, pv_threshold):
+                         interpret, bwd_tiles, pv_threshold):
   o_BLHK, lse, skipped_BHQK = _BACKENDS[platform].forward(
       q_BLHK, k_BLGK, v_BLGK, lists, **_segment_kwargs(segment_ids_BL),
       interpret=interpret, pv_threshold=pv_threshold)
@@ -143,11 +146,14 @@ def _sparse_flash_pv_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform
   return (o_BLHK, skipped_BHQK), residuals
 
 
-def _sparse_flash_pv_bwd(platform, interpret, pv_threshold, residuals, cotangents):
+def _sparse_flash_pv_bwd(platform, interpret, bwd_tiles, pv_threshold, residuals,
+                         cotangents):
   del pv_threshold  # the decisions are in the residual skip map
   q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL, skipped_BHQK = residuals
   do_BLHK, _ = cotangents  # the skip map has no gradient
-  computed, skipped = split_lists(lists, skipped_BHQK, segment_ids_BL is not None)
+  segmented = segment_ids_BL is not None
+  computed, skipped = (flash_lists.refine(x, *bwd_tiles, segmented=segmented)
+                       for x in split_lists(lists, skipped_BHQK, segmented))
   dq, dk, dv = _BACKENDS[platform].backward(
       q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, do_BLHK, computed, interpret=interpret,
       skipped_lists=skipped, **_segment_kwargs(segment_ids_BL))
@@ -161,14 +167,7 @@ _sparse_flash_pv.defvjp(_sparse_flash_pv_fwd, _sparse_flash_pv_bwd)
 
 def listed_tiles(lists, batch, num_heads):
   """bool [B, H, nQ, nK]: the tiles the kv lists visit (broadcast mask rows)."""
-  rows, num_k = lists.mask_batch * lists.mask_heads * lists.num_q_blocks, lists.num_k_blocks
-  index_RN = lists.kv_index.reshape(rows, num_k)
-  live_RN = jnp.arange(num_k) < lists.kv_count[:, None]
-  # Scatter-max: the padded tail repeats an active index with live = 0.
-  listed_RK = jnp.zeros((rows, num_k), jnp.int32).at[
-      jnp.arange(rows)[:, None], index_RN].max(live_RN.astype(jnp.int32))
-  listed = listed_RK.reshape(lists.mask_batch, lists.mask_heads, lists.num_q_blocks,
-                             num_k) > 0
+  listed = flash_lists.listed_mask(lists)
   return jnp.broadcast_to(listed, (batch, num_heads, *listed.shape[2:]))
 
 
@@ -190,8 +189,10 @@ def split_lists(lists, skipped_BHQK, segmented):
 _TPU_LIST_BYTES = 512 * 1024
 
 
-def _check_tpu_list_bytes(rows, lists, platform, interpret, what):
-  list_bytes = 4 * rows * (lists.num_q_blocks + 1) * (lists.num_k_blocks + 1)
+def _check_tpu_list_bytes(rows, lists, platform, interpret, what, split=(1, 1)):
+  """split: the backward tiles' refinement of the blocks (its lists grow by it)."""
+  list_bytes = (4 * rows * (lists.num_q_blocks * split[0] + 1)
+                * (lists.num_k_blocks * split[1] + 1))
   if platform == "tpu" and not interpret and list_bytes > _TPU_LIST_BYTES:
     raise ValueError(
         f"{what} need {list_bytes} bytes of TPU scalar memory (limit "
@@ -200,7 +201,8 @@ def _check_tpu_list_bytes(rows, lists, platform, interpret, what):
 
 
 def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
-              segment_ids_BL=None, pv_threshold=None, return_skipped=False):
+              segment_ids_BL=None, pv_threshold=None, return_skipped=False,
+              bwd_block_q=None, bwd_block_k=None):
   """Differentiable block-sparse flash attention over prepared SparseLists.
 
   segment_ids_BL (int [B, L] or None): mask every computed tile by segment id.
@@ -209,7 +211,9 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
   pv_threshold (SpargeAttn's lambda, <= 0; None: off): skip a tile's P.V by
   the rule of kernels.pv_skip (see _sparse_flash_pv); -inf runs the stage-1
   kernels. return_skipped: return (o_BLHK, skipped_BHQK), bool [B, H, nQ, nK]
-  without gradient.
+  without gradient. bwd_block_q / bwd_block_k (None: the forward's): the dq and
+  dk/dv kernels' tiles, dividing the blocks (FlashAttention-2 sizes its
+  backward tiles apart from the forward's).
   """
   pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
   if pv_threshold == -math.inf:
@@ -221,26 +225,45 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
   if pv_threshold is not None:  # the backward's lists have a row per (batch, head)
     _check_tpu_list_bytes(q_BLHK.shape[0] * q_BLHK.shape[2], lists, platform,
                           interpret, "the stage-2 backward's per-head block lists")
+  bwd_tiles = check_bwd_tiles(q_BLHK.shape[1], lists, bwd_block_q, bwd_block_k,
+                              platform, interpret)
+  split = (lists.block_q // bwd_tiles[0], lists.block_k // bwd_tiles[1])
+  if split != (1, 1):
+    _check_tpu_list_bytes(lists.mask_batch * lists.mask_heads, lists, platform,
+                          interpret, "the backward tiles' lists", split)
   check_segment_ids(segment_ids_BL, q_BLHK)
   if segment_ids_BL is not None:
     segment_ids_BL = jax.lax.stop_gradient(segment_ids_BL).astype(jnp.int32)
   if pv_threshold is None:
     o_BLHK = _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                           interpret)
+                           interpret, bwd_tiles)
     if not return_skipped:
       return o_BLHK
     batch, _, num_heads, _ = q_BLHK.shape
     return o_BLHK, jnp.zeros((batch, num_heads, lists.num_q_blocks,
                               lists.num_k_blocks), bool)
   o_BLHK, skipped_BHQK = _sparse_flash_pv(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL,
-                                          platform, interpret, pv_threshold)
+                                          platform, interpret, bwd_tiles, pv_threshold)
   return (o_BLHK, jax.lax.stop_gradient(skipped_BHQK)) if return_skipped else o_BLHK
+
+
+def check_bwd_tiles(seq_len, lists, bwd_block_q, bwd_block_k, platform, interpret):
+  """(tile_q, tile_k) of the backward kernels; raises ValueError for tiles that do
+  not divide the blocks or do not fit the platform's tiling."""
+  tiles = (bwd_block_q or lists.block_q, bwd_block_k or lists.block_k)
+  valid = valid_blocks(seq_len, platform, interpret)
+  for name, tile, block in zip(("bwd_block_q", "bwd_block_k"), tiles,
+                               (lists.block_q, lists.block_k)):
+    if block % tile or tile not in valid:
+      raise ValueError(f"{name} {tile} must divide the block {block} and fit the "
+                       f"{platform!r} kernel tiling (one of {valid}).")
+  return tiles
 
 
 def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
                            causal=True, segment_ids_BL=None, pv_threshold=None,
-                           return_skipped=False, max_blocks=None, interpret=None,
-                           platform=None):
+                           return_skipped=False, max_blocks=None, bwd_block_q=None,
+                           bwd_block_k=None, interpret=None, platform=None):
   """Attention restricted to the tiles block_mask keeps (and causal); o_BLHK.
 
   Query rows that see no key (an empty mask row) return zeros. Block sizes come
@@ -258,6 +281,7 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
   steps per row (splash's shrunk grid). Rows keep only their first max_blocks
   blocks, as the XLA path (kernels.gathered) does; the estimators' max_blocks cap
   makes that a no-op.
+  bwd_block_q / bwd_block_k: the backward kernels' tiles (see run_lists).
   platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
   """
   platform, interpret = resolve_platform(platform, interpret)
@@ -283,7 +307,8 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
                                       kv_steps=max_blocks)
   return run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
                    interpret=interpret, segment_ids_BL=segment_ids_BL,
-                   pv_threshold=pv_threshold, return_skipped=return_skipped)
+                   pv_threshold=pv_threshold, return_skipped=return_skipped,
+                   bwd_block_q=bwd_block_q, bwd_block_k=bwd_block_k)
 
 
 def first_blocks(block_mask, max_blocks, causal):

@@ -14,14 +14,17 @@ from kernels.platform import resolve_platform
 
 
 def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
-                    block_q=128, block_k=128, interpret=None, platform=None):
+                    block_q=128, block_k=128, bwd_block_q=None, bwd_block_k=None,
+                    interpret=None, platform=None):
   """Softmax attention via Pallas flash kernels; q [B, L, H, K], k/v [B, L, G, K].
 
   segment_ids_BL (int [B, L], optional): query i sees key j only if their ids
   are equal (document masking); rows that see no key return 0.
   Any seq_len: blocks larger than the sequence shrink to it (to a power of two
   >= 16 where the kernel tiling needs one), and a length the blocks do not
-  divide is padded and masked (kernels.padding). interpret=None interprets on a
+  divide is padded and masked (kernels.padding). bwd_block_q / bwd_block_k
+  (None: the forward's): the backward kernels' tiles, dividing the blocks.
+  interpret=None interprets on a
   CPU backend; platform ("tpu" | "cuda" | None = from the backend) picks the
   kernel variant.
   """
@@ -29,6 +32,8 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
   seq_len = q_BLHK.shape[1] if q_BLHK.ndim == 4 else 0
   block_q = _fit_block(block_q, seq_len, platform, interpret)
   block_k = _fit_block(block_k, seq_len, platform, interpret)
+  bwd_block_q = bwd_block_q and min(bwd_block_q, block_q)  # the tiles divide the blocks
+  bwd_block_k = bwd_block_k and min(bwd_block_k, block_k)
   padded = padding.padded_length(seq_len, block_q, block_k) if seq_len else 0
   if padded != seq_len:
     own_segment = padding.needs_own_segment(causal, segment_ids_BL)
@@ -37,7 +42,9 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
     q, k, v, seg = padding.pad_inputs(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, padded,
                                       own_segment=own_segment)
     o_BLHK = flash_attention(q, k, v, causal=causal, segment_ids_BL=seg, block_q=block_q,
-                             block_k=block_k, interpret=interpret, platform=platform)
+                             block_k=block_k, bwd_block_q=bwd_block_q,
+                             bwd_block_k=bwd_block_k, interpret=interpret,
+                             platform=platform)
     return o_BLHK[:, :seq_len]
   block_sparse.check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform,
                             interpret)
@@ -49,7 +56,8 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
                                                    block_k, causal=causal)
     lists = flash_lists.from_block_mask(block_mask, causal=causal, segmented=True)
   return block_sparse.run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
-                                interpret=interpret, segment_ids_BL=segment_ids_BL)
+                                interpret=interpret, segment_ids_BL=segment_ids_BL,
+                                bwd_block_q=bwd_block_q, bwd_block_k=bwd_block_k)
 
 
 def _fit_block(block, seq_len, platform, interpret):

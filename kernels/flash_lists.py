@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels import block_mask_lib
 from kernels.block_mask_lib import BlockMask
 
 
@@ -99,6 +100,35 @@ def from_block_mask(block_mask: BlockMask, *, causal, segmented=False, kv_steps=
       block_mask.block_k, causal,
       max_count(block_mask.kv_count_BHQ, kv_steps, num_k),
       max_count(block_mask.q_count_BHK, q_steps, num_q))
+
+
+def listed_mask(lists):
+  """bool [Bm, Hm, nQ, nK]: the tiles the kv lists visit."""
+  rows = lists.mask_batch * lists.mask_heads * lists.num_q_blocks
+  num_k = lists.num_k_blocks
+  index_RN = lists.kv_index.reshape(rows, num_k)
+  live_RN = jnp.arange(num_k) < lists.kv_count[:, None]
+  # Scatter-max: the padded tail repeats an active index with live = 0.
+  listed_RK = jnp.zeros((rows, num_k), jnp.int32).at[
+      jnp.arange(rows)[:, None], index_RN].max(live_RN.astype(jnp.int32))
+  return listed_RK.reshape(lists.mask_batch, lists.mask_heads, lists.num_q_blocks,
+                           num_k) > 0
+
+
+def refine(lists, tile_q, tile_k, *, segmented):
+  """The same tiles as lists of smaller tiles (tile_q, tile_k dividing the blocks):
+  a sub-tile is listed iff its block is, so the attention is unchanged; used for
+  backward tiles other than the forward's. Bounds scale with the split."""
+  split_q, split_k = lists.block_q // tile_q, lists.block_k // tile_k
+  if (split_q, split_k) == (1, 1):
+    return lists
+  mask = listed_mask(lists)
+  fine = jnp.repeat(jnp.repeat(mask, split_q, axis=-2), split_k, axis=-1)
+  block_mask = block_mask_lib.from_mask(fine, block_q=tile_q, block_k=tile_k,
+                                        causal=lists.causal)
+  return from_block_mask(block_mask, causal=lists.causal, segmented=segmented,
+                         kv_steps=lists.kv_steps * split_k,
+                         q_steps=lists.q_steps * split_q)
 
 
 def _ascending_lists(mask_RC):

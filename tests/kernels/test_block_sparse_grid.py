@@ -1,16 +1,21 @@
-"""The TPU kernels' list axis has a row's largest count of steps, not nK / nQ
-(splash attention's shrunk grid): bounds from a trace-time mask or max_blocks."""
+"""Grids and tiles of the flash kernels: the TPU list axis has a row's largest
+count of steps, not nK / nQ (splash attention's shrunk grid), bounded by a
+trace-time mask or max_blocks; backward tiles may be smaller than the forward's."""
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from kernels import block_mask_lib as bm
 from kernels import flash_lists
 from kernels.block_sparse import block_sparse_attention
 from kernels.dense import reference_attention
-from tests.kernels.flash_checks import assert_matches_reference, fresh_seed, random_qkvo
+from kernels.flash import flash_attention
+from tests.kernels.flash_checks import (assert_matches_reference, compile_fast, fresh_seed,
+                                        random_qkvo, rel_err)
+from tests.kernels.test_pv_skip_pallas import LAMBDA, SINK_BLOCK, peaked_qkvo
 
 SEQ_LEN, BLOCK, MAX_BLOCKS = 128, 16, 3
 
@@ -67,3 +72,53 @@ def test_max_blocks_shrinks_the_tpu_grid_and_keeps_the_first_blocks():
   grids = pallas_grids(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
   # forward and dq walk MAX_BLOCKS steps per row; dk/dv all nQ (no column bound)
   assert sorted(g[-1] for g in grids) == [MAX_BLOCKS, MAX_BLOCKS, 8], grids
+
+
+def test_backward_tiles_apart_from_the_forward_blocks():
+  """dq and dk/dv on 16 x 16 tiles of the forward's 32 x 32 blocks (GPU lists)."""
+  seed = fresh_seed()
+  q, k, v, do = random_qkvo(seed, 1, SEQ_LEN, 2, 1, 32, jnp.float32)
+  mask = bm.from_mask(jnp.asarray(random_mask(seed, SEQ_LEN // 32)), block_q=32,
+                      block_k=32)
+  kernel = functools.partial(block_sparse_attention, block_mask=mask, bwd_block_q=16,
+                             bwd_block_k=16, interpret=True, platform="cuda")
+  reference = functools.partial(
+      reference_attention, mask_BHQK=bm.expand_to_tokens(mask.mask_BHQK, 32, 32))
+  assert_matches_reference(kernel, reference, q, k, v, do, seed)
+
+
+def test_flash_backward_tiles_on_tpu():
+  seed = fresh_seed()
+  q, k, v, do = random_qkvo(seed, 1, 64, 2, 1, 16, jnp.float32)
+  kernel = functools.partial(flash_attention, block_q=32, block_k=32, bwd_block_q=16,
+                             bwd_block_k=8, interpret=True, platform="tpu")
+  assert_matches_reference(kernel, reference_attention, q, k, v, do, seed)
+
+
+def test_backward_tiles_must_divide_the_blocks():
+  q = jnp.zeros((1, 64, 1, 16))
+  with pytest.raises(ValueError, match=r"bwd_block_q 24 must divide the block 32"):
+    flash_attention(q, q, q, block_q=32, block_k=32, bwd_block_q=24, interpret=True)
+
+
+def test_stage2_backward_tiles_refine_both_list_sets():
+  """Stage 2's computed and skipped tiles, each walked on 16 x 16 backward tiles:
+  the same gradients as on the forward's 32 x 32 blocks."""
+  seed = fresh_seed()
+  q, k, v, do = peaked_qkvo(seed, 1, SEQ_LEN, 2, 1, 32, 32, jnp.float32)
+  keep = random_mask(seed, SEQ_LEN // 32)
+  keep[..., SINK_BLOCK] = True
+  mask = bm.from_mask(jnp.asarray(keep), block_q=32, block_k=32)
+
+  def grads(q, k, v, tile):
+    attn = lambda q, k, v: block_sparse_attention(
+        q, k, v, mask, pv_threshold=LAMBDA, return_skipped=True, bwd_block_q=tile,
+        bwd_block_k=tile, interpret=True, platform="tpu")
+    _, vjp, skipped = jax.vjp(attn, q, k, v, has_aux=True)
+    return vjp(do), skipped
+
+  (fine_grads, skipped), (coarse_grads, _) = compile_fast(
+      lambda q, k, v: (grads(q, k, v, 16), grads(q, k, v, 32)), q, k, v)
+  assert bool(jnp.any(skipped)), seed  # the skipped list set is walked too
+  for name, fine, coarse in zip(("dq", "dk", "dv"), fine_grads, coarse_grads):
+    assert rel_err(fine, coarse) < 1e-5, (name, seed)

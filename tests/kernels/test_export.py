@@ -101,3 +101,18 @@ def test_tpu_export_with_the_grid_shrunk_to_max_blocks():
                   argnums=(0, 1, 2))
   exported = jax.export.export(jax.jit(grad), platforms=["tpu"])(q, kv, kv)
   assert exported.mlir_module().count(CUSTOM_CALL["tpu"]) == 3
+
+
+@pytest.mark.parametrize("platform,block,bwd_block", [("tpu", 256, 128), ("cuda", 128, 64)])
+def test_grad_export_with_backward_tiles(platform, block, bwd_block):
+  q = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, HEADS, HEAD_DIM), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, KV_HEADS, HEAD_DIM), jnp.bfloat16)
+  attn = functools.partial(flash_attention, block_q=block, block_k=block,
+                           bwd_block_q=bwd_block, bwd_block_k=bwd_block, interpret=False,
+                           platform=platform)
+  grad = jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v).astype(jnp.float32)),
+                  argnums=(0, 1, 2))
+  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL["cuda"])]
+  exported = jax.export.export(jax.jit(grad), platforms=[platform],
+                               disabled_checks=checks)(q, kv, kv)
+  assert exported.mlir_module().count(CUSTOM_CALL[platform]) == 3
