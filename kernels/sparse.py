@@ -234,14 +234,16 @@ def _run_mask(q, k, v, mask, segment_ids_BL, *, impl, is_static, estimator, bloc
   """Runs `impl` on a block mask whose blocks tile q's length exactly."""
   seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
   stage2 = {} if pv_threshold is None else {"pv_threshold": pv_threshold}
+  bound = _list_bound(mask, is_static, estimator, block_q, block_k, causal, q.shape[3], params)
   if impl == "pallas":
     # Imported here so the XLA/reference paths work without the kernel module.
     from kernels.block_sparse import block_sparse_attention
     lists = block_mask_lib.from_mask(mask, block_q=block_q, block_k=block_k, causal=causal)
     if return_skipped:
       stage2["return_skipped"] = True
-    return block_sparse_attention(q, k, v, lists, causal=causal, **seg, **stage2)
-  bound = _list_bound(mask, is_static, estimator, block_q, block_k, causal, q.shape[3], params)
+    # The estimator's static bound shrinks the TPU grid to the kept blocks (splash).
+    shrink = {"max_blocks": bound} if bound < mask.shape[-1] else {}
+    return block_sparse_attention(q, k, v, lists, causal=causal, **seg, **stage2, **shrink)
   if impl == "reference" or bound >= mask.shape[-1]:
     return _masked_dense(q, k, v, mask, block_q, block_k, causal, segment_ids_BL,
                          pv_threshold, return_skipped)
