@@ -126,6 +126,19 @@ def irreducible_floor(fit, points) -> list:
   return out
 
 
+def loss_floor_at_zero(fit, points) -> list:
+  """The isoFLOP law's loss at the optimum, L = loss_E + k C^g: a loss_E not taken from a
+  known floor and found at 0 means the curve has no floor at all."""
+  del points
+  if fit.get("derived", {}).get("loss_E", 0.0) > 0 or "known" in fit.get("loss_E_source", ""):
+    return []
+  return [diag("loss_E_zero", "info",
+               f"loss at the optimum has no irreducible term (loss_E = 0: "
+               f"{fit.get('loss_E_source', 'not fitted')}), so L_opt = k C^loss_exp falls "
+               "forever and under-predicts losses far beyond the fitted FLOPs; the "
+               "allocation (a, b) does not use it; --law=chinchilla fits E itself")]
+
+
 def _points(fit, points, law) -> list:
   k = law.n_params
   if k and len(points) < FEW_POINTS_PER_PARAM * k:

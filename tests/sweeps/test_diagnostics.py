@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from sweeps import fit as fit_cli
-from sweeps import fitting, points, synthetic
+from sweeps import diagnostics, fitting, points, synthetic
 
 TRUE = synthetic.TRUE
 
@@ -165,3 +165,12 @@ def test_cli_prints_quality_and_strict_exits_nonzero(tmp_path):
   assert fit["quality"] == "warn" and fit["diagnostics"]
   assert str(tmp_path / "out" / "fit.json") in proc.stdout  # names what it wrote
   assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+
+
+def test_isoflop_loss_without_a_floor_is_said():
+  profiled = {"loss_E_source": "profiled over [0, min loss)"}
+  (note,) = diagnostics.loss_floor_at_zero({**profiled, "derived": {"loss_E": 0.0}}, None)
+  assert note["level"] == "info" and "falls forever" in note["message"]
+  assert not diagnostics.loss_floor_at_zero({**profiled, "derived": {"loss_E": 1.2}}, None)
+  known = {"loss_E_source": "known floor of the data", "derived": {"loss_E": 0.0}}
+  assert not diagnostics.loss_floor_at_zero(known, None)
