@@ -160,12 +160,12 @@ def format_table(result: dict) -> str:
     for k in list(g["params"]) + list(g.get("derived", {})):
       if k not in keys:
         keys.append(k)
-  cell = lambda g, k: _cell({**g["params"], **g.get("derived", {})}.get(k),
+  value = lambda g, k: cell({**g["params"], **g.get("derived", {})}.get(k),
                             g.get("intervals", {}).get(k))
-  rows = [[""] + list(groups)] + [[k] + [cell(g, k) for g in groups.values()] for k in keys]
+  rows = [[""] + list(groups)] + [[k] + [value(g, k) for g in groups.values()] for k in keys]
   rows.append(["n_points"] + [str(g["n_points"]) for g in groups.values()])
   rows.append(["extrap. mean |rel err|"] + [
-      _cell(g["extrapolation"].get("mean_abs_relative_error"), None)
+      cell(g["extrapolation"].get("mean_abs_relative_error"), None)
       if g["extrapolation"].get("assessed") else "not assessed" for g in groups.values()])
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
@@ -183,7 +183,8 @@ def format_diagnostics(result: dict) -> str:
   return "\n".join(lines)
 
 
-def _cell(value, interval) -> str:
+def cell(value, interval=None) -> str:
+  """A value with its interval, as every table here prints it: `0.34 [0.3, 0.39]`."""
   if value is None:
     return "-"
   text = f"{value:.4g}"

@@ -27,20 +27,27 @@ class Run:
   flops: float
 
 
-def load_sweep(spec):
-  """'sweeps/defs/NAME.py[:arg]' -> Sweep (the file's get_sweep(arg))."""
-  path, _, arg = spec.partition(":")
+def load_definition(path, spec=None):
+  """The module of a sweep definition file (sweeps/defs/NAME.py, experiments/reproduce/NAME.py),
+  executed from its path (definitions are files, not packages); spec names it in errors."""
   if not os.path.isfile(path) and os.path.isfile(os.path.join(REPO, path)):
     path = os.path.join(REPO, path)
   if not os.path.isfile(path):
-    raise ValueError(f"sweep file {path!r} does not exist (from --sweep={spec}); "
-                     f"definitions live in {os.path.join(REPO, 'sweeps', 'defs')}.")
+    raise ValueError(f"sweep file {path!r} does not exist (from --sweep={spec or path}); "
+                     f"definitions live in {os.path.join(REPO, 'sweeps', 'defs')} and "
+                     f"{os.path.join(REPO, 'experiments', 'reproduce')}.")
   module_spec = importlib.util.spec_from_file_location("_chinchax_sweep", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"{path} has no get_sweep(arg=None) function.")
-  sweep = module.get_sweep(arg or None)
+  return module
+
+
+def load_sweep(spec):
+  """'sweeps/defs/NAME.py[:arg]' -> Sweep (the file's get_sweep(arg))."""
+  path, _, arg = spec.partition(":")
+  sweep = load_definition(path, spec).get_sweep(arg or None)
   if not isinstance(sweep, define.Sweep):
     raise ValueError(f"{path}: get_sweep must return sweeps.define.Sweep, got {type(sweep)}.")
   return sweep

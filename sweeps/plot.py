@@ -46,6 +46,18 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fo
          "grid.linewidth": 0.6}
 
 
+def beside(source: str) -> str:
+  """The figures directory of a store or CSV, beside it: runs/attn -> runs/attn-figures,
+  refits/runs.csv -> refits/runs-figures (created). Notebooks write their PNGs there, so a
+  store holds only run directories and a CSV's folder only what its owner put there."""
+  stem = os.path.normpath(os.path.abspath(source))
+  if stem.endswith(".csv"):
+    stem = stem[:-len(".csv")]
+  path = stem + "-figures"
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
 def figures(fit_obj: dict, points) -> list:
   """(file name, figure) for every plot that applies to the fit's law, in write order."""
   law = laws.get(fit_obj["law"])

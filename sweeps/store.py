@@ -23,6 +23,17 @@ NUMERIC_KEYS = ("params", "params_non_embedding", "tokens", "flops", "final_loss
 # Any of these marks a directory as a run, so a run that lost its config is reported, not
 # dropped; other directories (.submitit, empty ones) are not runs.
 RUN_MARKERS = ("config.json", "summary.json", "metrics.jsonl", "checkpoints")
+# A readable name of a run's attention, to group or label by: attention.pattern's kinds
+# joined by "+" (a hybrid such as "dense+linear"), else attention.kind.
+ATTENTION_COLUMN = "attention_layers"
+
+
+def attention_layers(row: dict):
+  """ATTENTION_COLUMN's value for a flattened config row (None when it names no kind)."""
+  pattern = row.get("attention.pattern") or ()
+  if isinstance(pattern, (list, tuple)) and pattern:
+    return "+".join(map(str, pattern))
+  return row.get("attention.kind")
 
 
 def _json_type(value) -> str:
@@ -96,6 +107,7 @@ def load_report(store: str) -> tuple[pd.DataFrame, dict]:
       skipped[run_id] = problem
       continue
     row = flatten(config)
+    row[ATTENTION_COLUMN] = attention_layers(row)
     for key, value in flatten(summary).items():
       row[key] = value  # summary wins over a config key of the same name
     for key in NUMERIC_KEYS:
@@ -118,7 +130,8 @@ def load_report(store: str) -> tuple[pd.DataFrame, dict]:
 
 
 def load(store: str) -> pd.DataFrame:
-  """One row per run: dotted config columns, summary fields, and run_id (directory name).
+  """One row per run: dotted config columns, summary fields, run_id (directory name) and
+  ATTENTION_COLUMN (e.g. "linear", or "dense+linear" for a per-layer pattern).
 
   A run without summary.json gets status "unknown" (its summary fields are NaN). A run whose
   config.json is missing, or whose config.json or summary.json is not a JSON object, or whose

@@ -3,8 +3,8 @@
   python -m sweeps.transfer --store=DIR [--axis=auto|width|depth] [--out=DIR]
       [--column=eval_loss] [--tolerance_steps=1]
 
-Reads an LR-grid store (sweeps/defs/mup_transfer.py) and, for each arm (parametrization,
-plus "+completep" under CompleteP's depth scaling) and each width (or depth):
+Reads an LR-grid store (experiments/reproduce/mup_transfer.py) and, for each arm
+(parametrization, plus "+completep" under CompleteP's depth scaling) and each width (or depth):
 
 - the grid optimum: the LR (a power of 2 on the grid) with the lowest loss. Bracketed only
   when a finite, worse point lies on each side; an optimum on a grid edge says the grid
@@ -207,7 +207,7 @@ def run(store, axis="auto", out=None, column="eval_loss", tolerance_steps=1):
   for key in (LR_KEY, column):
     if key not in frame:
       raise ValueError(f"store {store!r} has no {key!r} column: is it an LR-grid store "
-                       "(sweeps/defs/mup_transfer.py)?")
+                       "(experiments/reproduce/mup_transfer.py)?")
   axis = pick_axis(frame, axis)
   points, missing = grid_points(frame, AXES[axis], column)
   if not points:

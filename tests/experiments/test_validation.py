@@ -87,10 +87,12 @@ def test_shipped_configs_and_sweep_runs_validate(micro_cfg):
   validation.validate(micro_cfg())
   for variant in lm.VARIANTS:
     validation.validate(lm.get_config(variant))
-  defs = os.path.join(os.path.dirname(LM_CONFIG), "..", "..", "sweeps", "defs")
-  for spec in ("attention_scaling.py", "attention_scaling.py:small", "quickstart.py",
-               "quickstart.py:smoke"):
-    for run in plan.plan(plan.load_sweep(os.path.join(defs, spec))):
+  repo = os.path.join(os.path.dirname(LM_CONFIG), "..", "..")
+  for spec in ("sweeps/defs/quickstart.py", "sweeps/defs/quickstart.py:smoke",
+               "experiments/reproduce/attention_scaling.py:tiny",
+               "experiments/reproduce/attention_scaling.py:paper",
+               "experiments/reproduce/attention_scaling.py:smoke"):
+    for run in plan.plan(plan.load_sweep(os.path.join(repo, spec))):
       validation.validate(run.cfg)
 
 

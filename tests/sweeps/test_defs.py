@@ -65,10 +65,12 @@ def test_unknown_override_key_names_the_key_and_closest_valid_ones(tmp_path):
 
 
 def test_dry_run_plans_attention_scaling_without_importing_jax(tmp_path):
+  """The paper variant: 5 budgets x 6 sizes x 5 attention layouts."""
   start, cpu_start = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
   proc = subprocess.run(
       [sys.executable, "-X", "importtime", "-m", "sweeps.launch",
-       "--sweep=sweeps/defs/attention_scaling.py", f"--store={tmp_path}", "--dry_run"],
+       "--sweep=experiments/reproduce/attention_scaling.py:paper", f"--store={tmp_path}",
+       "--dry_run"],
       cwd=REPO, capture_output=True, text=True, timeout=60)
   seconds = time.time() - start
   usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -78,10 +80,10 @@ def test_dry_run_plans_attention_scaling_without_importing_jax(tmp_path):
               if line.startswith("import time:") and "|" in line}
   heavy = sorted(m for m in imported if m.split(".")[0] in ("jax", "jaxlib", "flax", "optax"))
   assert not heavy, heavy
-  assert "120 runs" in proc.stdout
-  for kind in ("dense", "block_sparse", "spectral", "linear"):
+  assert "150 runs" in proc.stdout
+  for kind in ("dense", "block_sparse", "spectral", "linear", "dense+linear"):
     assert f"-{kind}-" in proc.stdout
   assert not os.listdir(tmp_path)  # a dry run writes nothing
   assert cpu < 2, cpu  # instant: wall time depends on the machine's load, CPU time does not
-  print(f"dry run of 120 runs: {seconds:.2f} s wall, {cpu:.2f} s CPU, "
+  print(f"dry run of 150 runs: {seconds:.2f} s wall, {cpu:.2f} s CPU, "
         f"{len(imported)} modules imported")

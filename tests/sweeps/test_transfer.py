@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from sweeps import plan, transfer
-from sweeps.defs import mup_transfer
+from sweeps import plan, reproduce, transfer
 from tests.helpers import REPO
+
+mup_transfer = plan.load_definition(reproduce.path_of("mup_transfer"))
 
 
 def _grid(runs, **match):
@@ -19,7 +20,7 @@ def _grid(runs, **match):
 
 
 def test_width_sweep_is_a_factor_two_grid_at_four_widths_for_each_parametrization():
-  sweep = mup_transfer.get_sweep()
+  sweep = mup_transfer.get_sweep("tiny")
   runs = sweep.runs
   assert {r["model.parametrization"] for r in runs} == {"sp", "mup", "umup"}
   assert sorted({r["model.width"] for r in runs}) == [32, 64, 128, 256]
@@ -35,16 +36,16 @@ def test_width_sweep_is_a_factor_two_grid_at_four_widths_for_each_parametrizatio
   assert {r.cfg.model.mup_base_width for r in planned} == {32}
 
 
-def test_depth_and_cluster_variants_plan():
-  depth = plan.plan(mup_transfer.get_sweep("depth"))
+def test_depth_and_paper_variants_plan():
+  depth = plan.plan(mup_transfer.get_sweep("tiny_depth"))
   arms = {(r.cfg.model.parametrization, r.cfg.model.depth_scaling) for r in depth}
   assert arms == {("mup", "none"), ("mup", "completep"), ("umup", "none")}
   assert sorted({r.cfg.model.depth for r in depth}) == [1, 2, 4, 8]
   assert {r.cfg.model.width for r in depth} == {64}
-  cluster = plan.plan(mup_transfer.get_sweep("cluster"))
+  cluster = plan.plan(mup_transfer.get_sweep("paper"))
   assert sorted({r.cfg.model.width for r in cluster}) == [512, 1024, 2048, 4096]
   assert {r.cfg.model.width // r.cfg.model.heads for r in cluster} == {64}
-  assert len(plan.plan(mup_transfer.get_sweep("cluster_depth"))) > 0
+  assert len(plan.plan(mup_transfer.get_sweep("paper_depth"))) > 0
   with pytest.raises(ValueError, match="smoke"):
     mup_transfer.get_sweep("huge")
 

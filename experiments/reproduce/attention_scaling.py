@@ -1,0 +1,100 @@
+"""Shen et al. 2024 (linear-complexity LMs): one scaling law per attention kind, one grid.
+
+"Scaling Laws for Linear Complexity Language Models" fit one law per architecture on one
+isoFLOP design and compare exponents, allocation and loss. Here: every attention kind.
+
+  python -m sweeps.reproduce --name=attention_scaling:tiny --store=runs/attn-tiny --parallel=2
+  python -m sweeps.launch --sweep=experiments/reproduce/attention_scaling.py:paper --store=S --dry_run
+
+Kinds (`KINDS`): dense, block_sparse (Sparge estimator, top-p 0.9), spectral (Prism, top-p
+0.9), linear (simple-GLA decay), and a dense+linear hybrid (alternating layers). Every kind
+gets the same model shapes at each budget; steps follow from each run's exact FLOPs per
+token, which differ by kind (sparse kinds are charged their measured density, linear its
+chunked work). The report fits Chinchilla Approach 3 (L = E + A/N^alpha + B/D^beta) and
+Approach 2 (IsoFLOP parabolas) per kind and compares exponents, allocation and the loss at a
+common budget (sweeps.compare), as Shen et al. compare their architectures.
+
+Variants:
+- `tiny`   CPU: pystdlib bytes, seq 128, blocks 16 (8 per row); budgets 3e10, 1e11, 3.2e11
+           FLOPs x 5 shapes (depth 2 or 4, so the hybrid has both layer kinds) x 5 kinds =
+           75 runs, under 25 minutes on 2 cores. Shapes are centred on a prior of 50 tokens
+           per parameter, what the quickstart measured for tiny byte-level models.
+- `paper`  cluster: seq 2048, blocks 128, budgets 1e17..1e21 x 6 shapes x 5 kinds (150 runs,
+           lm.py:small on pystdlib: point data.* at a real corpus there).
+- `smoke`  2 kinds x 3 shapes at one budget, seconds per run (tests).
+"""
+from sweeps import define, design
+
+KINDS = [
+    {"attention.kind": "dense"},
+    {"attention.kind": "block_sparse", "attention.estimator": "sparge", "attention.topp": 0.9},
+    {"attention.kind": "spectral", "attention.topp": 0.9},
+    {"attention.kind": "linear"},
+    {"attention.pattern": ("dense", "linear"), define.TAG: "dense+linear"},
+]
+GROUP_BY = "attention_layers"  # sweeps.store.ATTENTION_COLUMN: the kind, or "dense+linear"
+
+TINY_CONFIG = "experiments/configs/lm.py:tiny"
+TINY_BUDGETS = (3e10, 1e11, 3.2e11)
+TINY_BASE = {
+    "data.corpus": "pystdlib", "seq_len": 128, "batch_size": 8, "attention.block_q": 16,
+    "attention.block_k": 16, "optimizer.lr": 3e-3, "optimizer.warmup_steps": 20,
+    "log_every": 50, "eval_every": 1_000_000, "checkpoint_every": 1000, "eval_batches": 16,
+    "wandb.mode": "disabled",
+}
+TOKENS_PER_PARAM = 50.0
+
+
+def tiny_shapes():
+  """Even depths only (2, 4), so the hybrid's dense and linear layers are equal in number;
+  head dim 16 so the wider shapes have several heads."""
+  return [s for s in design.shape_ladder(widths=(8, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96),
+                                         max_depth=4, min_aspect=4, head_dim=16)
+          if s["model.depth"] in (2, 4)]
+
+
+PAPER_SIZES = [define.model_size(w, d, h, kv_heads=h // 2, mlp_ratio=4) for w, d, h in
+               [(256, 4, 4), (384, 6, 6), (512, 8, 8), (768, 12, 12), (1024, 16, 16),
+                (1536, 20, 12)]]
+PAPER_BASE = {"data.corpus": "pystdlib", "seq_len": 2048, "batch_size": 64,
+              "attention.block_q": 128, "attention.block_k": 128,
+              "optimizer.lr": 1e-3, "optimizer.warmup_steps": 200, "log_every": 50,
+              "eval_every": 500, "checkpoint_every": 1000}
+
+SMOKE_BASE = dict(TINY_BASE, seq_len=32, batch_size=4, eval_batches=2, log_every=5,
+                  **{"attention.block_q": 8, "attention.block_k": 8,
+                     "optimizer.warmup_steps": 2, "data.max_bytes": 200_000})
+
+
+def get_sweep(arg=None):
+  if arg == "tiny":
+    count = design.param_counter(TINY_CONFIG, TINY_BASE)
+    sizes = design.centered_isoflop(TINY_BUDGETS, count, tokens_per_param=TOKENS_PER_PARAM,
+                                    per_budget=5, span_decades=0.8, shapes=tiny_shapes())
+    return define.Sweep(name="attn-tiny", config=TINY_CONFIG, base=TINY_BASE,
+                        runs=define.product(sizes, KINDS))
+  if arg == "paper":
+    runs = define.product(define.isoflop([1e17, 1e18, 1e19, 1e20, 1e21], PAPER_SIZES), KINDS)
+    return define.Sweep(name="attn-paper", config="experiments/configs/lm.py:small",
+                        base=PAPER_BASE, runs=runs)
+  if arg == "smoke":
+    sizes = [define.model_size(w, 2, 1) for w in (8, 12, 16)]
+    runs = define.product(define.isoflop([3e8], sizes), [KINDS[0], KINDS[3]])
+    return define.Sweep(name="attn-smoke", config=TINY_CONFIG, base=SMOKE_BASE, runs=runs)
+  raise ValueError(f"attention_scaling.py takes one of tiny, paper, smoke; got {arg!r}.")
+
+
+def report(store, out, arg=None):
+  """The comparison the paper makes, as markdown: one law per kind (sweeps.compare)."""
+  from sweeps import compare
+  fits = compare.fit_groups(store, group_by=GROUP_BY, out=out)
+  budget = compare.common_budget(fits)
+  table = compare.law_table(fits, budget)
+  lines = [f"One law per `{GROUP_BY}`; loss and N_opt at the common budget C = {budget:.3g}.",
+           "", compare.format_table(table), ""]
+  c_lo, c_hi = compare.fitted_span(fits)
+  crossings = compare.crossings(fits, (c_lo, 1e3 * c_hi))
+  lines.append(compare.format_crossings(crossings) if crossings
+               else "No two kinds' compute-optimal loss curves cross between "
+                    f"{c_lo:.3g} and {1e3 * c_hi:.3g} FLOPs.")
+  return "\n".join(lines)
