@@ -24,6 +24,14 @@ DERIVED = ("a", "b", "G")
 BOOTSTRAP_STARTS = 4  # distinct local minima of the full fit that seed each bootstrap refit
 POLISH = 16  # float32 endpoints polished in float64
 REFIT_STARTS = 256  # distinct local minima of the full fit that seed its extrapolation refit
+# Published Approach 3 fits, as reported (fitted to the Chinchilla runs, not to yours):
+# Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (Approach 3);
+# Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt" (their refit to the data
+# extracted from Hoffmann et al.'s Figure 4, which found the reported fit inconsistent with it).
+PUBLISHED = {
+    "Hoffmann et al. 2022": {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
+    "Besiroglu et al. 2024": {"E": 1.82, "A": 482.0, "B": 2085.4, "alpha": 0.35, "beta": 0.37},
+}
 
 
 def start_grid() -> np.ndarray:

@@ -7,7 +7,7 @@ from nbclient import NotebookClient
 
 from tests.helpers import REPO
 
-PARAMETERS = ("CHINCHAX_STORE", "CHINCHAX_CSV")  # what the notebooks' parameter cells read
+PARAMETERS = ("CHINCHAX_STORE", "CHINCHAX_CSV", "CHINCHAX_COLUMNS", "CHINCHAX_BOOTSTRAP")
 
 
 def path(name: str) -> str:
