@@ -23,7 +23,8 @@ MIN_POINTS = 5
 # Known lower bounds on the loss, read from the runs when present (synthetic corpus): the
 # best achievable mean loss over a window, else the source's entropy rate.
 FLOOR_COLUMNS = ("data_min_loss", "data_entropy_rate")
-BUCKET_DECADES = 0.05  # runs whose log10 C are closer than this share a FLOP budget
+BUCKET_DECADES = 0.05  # sorted by log10 C, a run closer than this to the previous one...
+BUCKET_SPAN = 0.15  # ...shares its FLOP budget, while the budget spans at most this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,16 +155,20 @@ def from_frame(frame: pd.DataFrame, columns: dict, *, n_kind: str = "",
 
 
 def buckets(c) -> np.ndarray:
-  """FLOP-budget index per value, ascending: a budget holds the values within BUCKET_DECADES
-  of its smallest (not chained, so continuously spread C still splits into narrow bins)."""
+  """FLOP-budget index per value, ascending. In log10 C order a value joins the current
+  budget when it lies within BUCKET_DECADES of the previous value and within BUCKET_SPAN of
+  the budget's smallest. The chaining keeps together a budget whose runs spent a little
+  less than planned (block-sparse kinds are charged their measured density, which the plan
+  cannot know: steps are planned at density 1); the span cap still splits continuously
+  spread C into narrow bins."""
   z = np.log10(np.asarray(c, np.float64))
   order = np.argsort(z, kind="stable")
   labels = np.empty(len(z), int)
-  label, start = -1, -np.inf
+  label, start, previous = -1, -np.inf, -np.inf
   for i in order:
-    if z[i] - start > BUCKET_DECADES:
+    if z[i] - previous > BUCKET_DECADES or z[i] - start > BUCKET_SPAN:
       label, start = label + 1, z[i]
-    labels[i] = label
+    labels[i], previous = label, z[i]
   return labels
 
 

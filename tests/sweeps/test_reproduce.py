@@ -121,3 +121,16 @@ def test_smoke_end_to_end_launches_then_reports_what_could_not_be_fitted(tmp_pat
   assert "| dense" in report and "| linear" in report
   assert "failed" in report and "budget" in report
   assert len(os.listdir(store)) == 6
+
+
+def test_a_budget_keeps_runs_that_spent_less_than_planned():
+  """Block-sparse runs are charged their measured density (the plan assumes 1), so a budget's
+  runs sit up to ~0.1 decades below it; continuously spread C still splits narrowly."""
+  from sweeps import points
+  c = 1e11 * 10 ** -np.array([0.09, 0.05, 0.02, 0.0, 0.0])
+  c = np.concatenate([c, 3.2e11 * 10 ** -np.array([0.07, 0.0]), [1e12]])
+  assert points.buckets(c).tolist() == [0, 0, 0, 0, 0, 1, 1, 2]
+  spread = np.log10(np.geomspace(1e10, 1e12, 400))
+  labels = points.buckets(10 ** spread)
+  assert labels.max() + 1 >= 2 / points.BUCKET_SPAN
+  assert max(np.ptp(spread[labels == g]) for g in range(labels.max() + 1)) <= points.BUCKET_SPAN
