@@ -63,7 +63,7 @@ def budgets(fit_obj: dict, points, grid: int = 200) -> list[dict]:
       d = None if n is None else _log_interp(n, uniq, d_nodes)
       d_of = lambda n_new, uniq=uniq, d_nodes=d_nodes: _log_interp(n_new, uniq, d_nodes)
       entry.update(along(fit_obj, params, entry, n, d, d_of))
-    if any(abs(np.log10(u) - np.log10(c)) <= points_lib.BUCKET_SPAN for u in flagged):
+    if any(abs(np.log10(u) - np.log10(c)) <= points_lib.BUCKET_DECADES for u in flagged):
       entry["bracketed"] = False
     out.append(entry)
   return out

@@ -23,8 +23,7 @@ MIN_POINTS = 5
 # Known lower bounds on the loss, read from the runs when present (synthetic corpus): the
 # best achievable mean loss over a window, else the source's entropy rate.
 FLOOR_COLUMNS = ("data_min_loss", "data_entropy_rate")
-BUCKET_DECADES = 0.05  # sorted by log10 C, a run closer than this to the previous one...
-BUCKET_SPAN = 0.15  # ...shares its FLOP budget, while the budget spans at most this
+BUCKET_DECADES = 0.15  # a FLOP budget holds the runs within this below its largest run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,21 +154,20 @@ def from_frame(frame: pd.DataFrame, columns: dict, *, n_kind: str = "",
 
 
 def buckets(c) -> np.ndarray:
-  """FLOP-budget index per value, ascending. In log10 C order a value joins the current
-  budget when it lies within BUCKET_DECADES of the previous value and within BUCKET_SPAN of
-  the budget's smallest. The chaining keeps together a budget whose runs spent a little
-  less than planned (block-sparse kinds are charged their measured density, which the plan
-  cannot know: steps are planned at density 1); the span cap still splits continuously
-  spread C into narrow bins."""
+  """FLOP-budget index per value, ascending. From the largest C down, a budget holds the
+  values within BUCKET_DECADES below its largest (not chained, so continuously spread C
+  still splits into narrow bins). Anchored at the top because runs spend at most their
+  planned budget: block-sparse kinds are charged their measured density, which the plan
+  cannot know (steps are planned at density 1), and land up to ~0.1 decades below it."""
   z = np.log10(np.asarray(c, np.float64))
-  order = np.argsort(z, kind="stable")
+  order = np.argsort(-z, kind="stable")
   labels = np.empty(len(z), int)
-  label, start, previous = -1, -np.inf, -np.inf
+  label, top = -1, np.inf
   for i in order:
-    if z[i] - previous > BUCKET_DECADES or z[i] - start > BUCKET_SPAN:
-      label, start = label + 1, z[i]
-    labels[i], previous = label, z[i]
-  return labels
+    if top - z[i] > BUCKET_DECADES:
+      label, top = label + 1, z[i]
+    labels[i] = label
+  return label - labels
 
 
 def run_budgets(points: Points):

@@ -14,7 +14,6 @@ from sweeps.laws import base, powerlaw
 
 NAME = "isoflop"
 BUCKET_DECADES = points_lib.BUCKET_DECADES
-BUCKET_SPAN = points_lib.BUCKET_SPAN
 buckets = points_lib.buckets
 
 
@@ -113,9 +112,9 @@ def fit(points, options=None) -> dict:
                   "bracketed": used.tolist()},
       "residuals": (np.log(n_pred) - x_opt[0][used]).tolist(),
       "loss_E_source": how,
-      "method": ("Hoffmann et al. 2022 Approach 2: per FLOP budget (runs chained in log10 C "
-                 f"within {BUCKET_DECADES} decades, a budget at most {BUCKET_SPAN} wide, C its "
-                 "runs' geometric mean) a least-squares parabola of loss in log N; "
+      "method": ("Hoffmann et al. 2022 Approach 2: per FLOP budget (the runs within "
+                 f"{BUCKET_DECADES} decades below its largest, C their geometric mean) a "
+                 "least-squares parabola of loss in log N; "
                  "budgets without a bracketed minimum dropped; log-log least squares of the "
                  "minima; D_opt = C / 6 N_opt; loss at the optimum L = loss_E + k C^loss_exp "
                  f"(loss_E: {how})"),
@@ -161,7 +160,7 @@ def _fit_budget_index(fit_obj: dict, c: float):
     return None
   gap = np.abs(np.log10(budget_c) - np.log10(c))
   g = int(np.argmin(gap))
-  return g if gap[g] <= BUCKET_SPAN else None
+  return g if gap[g] <= BUCKET_DECADES else None
 
 
 def _flag(values, g):

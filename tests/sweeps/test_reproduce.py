@@ -132,5 +132,6 @@ def test_a_budget_keeps_runs_that_spent_less_than_planned():
   assert points.buckets(c).tolist() == [0, 0, 0, 0, 0, 1, 1, 2]
   spread = np.log10(np.geomspace(1e10, 1e12, 400))
   labels = points.buckets(10 ** spread)
-  assert labels.max() + 1 >= 2 / points.BUCKET_SPAN
-  assert max(np.ptp(spread[labels == g]) for g in range(labels.max() + 1)) <= points.BUCKET_SPAN
+  assert labels.max() + 1 >= 2 / points.BUCKET_DECADES
+  assert max(np.ptp(spread[labels == g]) for g in range(labels.max() + 1)) \
+      <= points.BUCKET_DECADES
