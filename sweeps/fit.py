@@ -92,8 +92,34 @@ def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
   return curves.merge(summary, on="run_id", how="inner"), points_lib.CURVE_COLUMNS
 
 
+FIT_ERRORS = (ValueError, ArithmeticError, np.linalg.LinAlgError)  # a group that cannot fit
+
+
+def split_groups(frame, mapping, group_by) -> tuple:
+  """({group: Points}, {group: {"reason", "n_runs"}} of groups whose rows make no points),
+  groups sorted by name; values of group_by as strings."""
+  if group_by not in frame:
+    raise ValueError(f"--group_by column {group_by!r} not found; columns: "
+                     f"{', '.join(map(str, frame.columns))}")
+  points, failed = {}, {}
+  for value, rows in sorted(frame.groupby(group_by, dropna=False), key=lambda kv: str(kv[0])):
+    try:
+      points[str(value)] = points_lib.from_frame(rows, mapping)
+    except ValueError as err:
+      failed[str(value)] = {"reason": str(err), "n_runs": int(len(rows))}
+  return points, failed
+
+
+def _reason(err) -> str:
+  return str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+
+
 def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), group_by=None,
         status="done", options=fitting.FitOptions(), plots=True) -> dict:
+  """Fits `law` (per value of group_by when given) and writes out/fit.json and the plots
+  (out=None: writes nothing). A group that cannot be fitted (too few runs, no bracketed
+  budget) is recorded under `failed` ({group: {reason, n_runs}}) and makes the quality at
+  least warn; only when no group fits is it an error."""
   rows = laws.get(law).rows  # an unknown law fails here, before any reading
   frame, defaults = load_table(store, csv, law, status)
   mapping = {**defaults, **points_lib.parse_columns(columns)}
@@ -110,30 +136,34 @@ def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), gr
               **base_config(store, points)}
     plotted = {"": (result, points)}
   else:
-    if group_by not in frame:
-      raise ValueError(f"--group_by column {group_by!r} not found; columns: "
-                       f"{', '.join(map(str, frame.columns))}")
+    by_group, failed = split_groups(frame, mapping, group_by)
     groups, plotted = {}, {}
-    for value, rows in sorted(frame.groupby(group_by, dropna=False), key=lambda kv: str(kv[0])):
+    for name, points in by_group.items():
       try:
-        points = points_lib.from_frame(rows, mapping)
-        groups[str(value)] = {**fitting.fit_points(points, law, options),
-                              **base_config(store, points)}
-      except ValueError as err:
-        raise ValueError(f"{group_by}={value}: {err}") from err
-      plotted[str(value)] = (groups[str(value)], points)
+        groups[name] = {**fitting.fit_points(points, law, options),
+                        **base_config(store, points)}
+      except FIT_ERRORS as err:
+        failed[name] = {"reason": _reason(err), "n_runs": int(len(np.unique(points.run_id)))}
+        continue
+      plotted[name] = (groups[name], points)
+    if not groups:
+      raise ValueError(f"no {group_by} group could be fitted: " + "; ".join(
+          f"{name}: {f['reason']}" for name, f in sorted(failed.items())))
+    quality = diagnostics.quality([d for g in groups.values() for d in g["diagnostics"]])
     result = {**header, "group_by": group_by, "groups": groups,
-              "quality": diagnostics.quality(
-                  [d for g in groups.values() for d in g["diagnostics"]]),
+              "failed": dict(sorted(failed.items())),
+              "quality": "warn" if failed and quality == "ok" else quality,
               "n_points": sum(g["n_points"] for g in groups.values()),
               "n_dropped": sum(g["n_dropped"] for g in groups.values())}
-  files = [os.path.join(out, "fit.json")]
+  result["files"] = []
+  if out is None:
+    return result
+  result["files"].append(os.path.join(out, "fit.json"))
+  os.makedirs(out, exist_ok=True)
   if plots:
     from sweeps import plot  # matplotlib only when plotting
-    os.makedirs(out, exist_ok=True)
     for name, (fit_obj, points) in plotted.items():
-      files += plot.write_plots(out, fit_obj, points, prefix=f"{name}_" if name else "")
-  result["files"] = files
+      result["files"] += plot.write_plots(out, fit_obj, points, prefix=f"{name}_" if name else "")
   write_json_atomic(os.path.join(out, "fit.json"), result)
   return result
 
@@ -180,6 +210,9 @@ def format_diagnostics(result: dict) -> str:
     lines.append(f"QUALITY{label}: {g['quality'].upper()}")
     for d in sorted(g["diagnostics"], key=lambda d: -diagnostics.LEVELS.index(d["level"])):
       lines.append(f"  {d['level'].upper():<10} {d['code']}: {d['message']}")
+  for name, failed in result.get("failed", {}).items():
+    lines.append(f"QUALITY [{result['group_by']}={name}]: NOT FITTED ({failed['n_runs']} "
+                 f"runs): {failed['reason']}")
   return "\n".join(lines)
 
 

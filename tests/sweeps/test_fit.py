@@ -165,14 +165,23 @@ def test_fit_run_on_store_writes_fit_json(tmp_path, design):
   assert group["intervals"]["a"] == [None, None]  # no bootstrap: strict JSON nulls, not NaN
 
 
-def test_a_group_with_too_few_runs_names_the_group(tmp_path, design):
-  synthetic.write_store(str(tmp_path / "store"), design.iloc[:30], steps=1)
-  synthetic.write_store(str(tmp_path / "store"), design.iloc[30:33].assign(
+def test_a_group_with_too_few_runs_is_named_not_fitted_and_the_others_fit(tmp_path, design):
+  store, out = str(tmp_path / "store"), str(tmp_path / "out")
+  synthetic.write_store(store, design.iloc[:30], steps=1)
+  synthetic.write_store(store, design.iloc[30:33].assign(
       run_id=["x0", "x1", "x2"]), steps=1, extra_config={"attention.kind": "linear"})
-  with pytest.raises(ValueError, match=r"attention.kind=linear: only 3 usable row"):
-    fit_cli.run(store=str(tmp_path / "store"), out=str(tmp_path / "out"), law="isoflop",
-                group_by="attention.kind", plots=False)
-  assert not (tmp_path / "out" / "fit.json").exists()
+  result = fit_cli.run(store=store, out=out, law="isoflop", group_by="attention.kind",
+                       plots=False)
+  assert list(result["groups"]) == ["dense"] and result["quality"] != "ok"
+  assert result["failed"]["linear"]["n_runs"] == 3
+  assert "only 3 usable row" in result["failed"]["linear"]["reason"]
+  assert "[attention.kind=linear]: NOT FITTED (3 runs): only 3 usable row" in \
+      fit_cli.format_diagnostics(result)
+  with pytest.raises(ValueError, match=r"no attention.kind group could be fitted: linear: "
+                     r"only 3 usable row"):
+    fit_cli.run(store=store, out=str(tmp_path / "none"), law="isoflop",
+                group_by="attention.kind", where=["attention.kind=linear"], plots=False)
+  assert not (tmp_path / "none" / "fit.json").exists()
 
 
 def test_extrapolation_refit_from_the_fits_local_minima_equals_a_full_grid_refit():
