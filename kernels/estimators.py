@@ -250,11 +250,17 @@ def sparge_mask(q_BLHK, k_BLGK, *, block_q, block_k, causal=True, topk=None,
   return mask_BHQK
 
 
+def default_high_freq_dims(head_dim):
+  """The reference's high band, half the head (64 of 128), rounded down to even (a head
+  dim of 6 gets 2: rotate-half bands come in pairs)."""
+  return 2 * (head_dim // 4)
+
+
 def band_dims(head_dim, high_freq_dims=None, low_freq_dims=None):
   """(high, low) band widths with the reference's defaults (64 and 96 of 128 dims:
   half and three quarters of the head, each even); ValueError if a band is not
   an even width in (0, head_dim]."""
-  high = head_dim // 2 if high_freq_dims is None else high_freq_dims
+  high = default_high_freq_dims(head_dim) if high_freq_dims is None else high_freq_dims
   low = 2 * (3 * head_dim // 8) if low_freq_dims is None else low_freq_dims
   for name, dims in (("high_freq_dims", high), ("low_freq_dims", low)):
     if (head_dim % 2 or not isinstance(dims, int) or isinstance(dims, bool)

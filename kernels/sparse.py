@@ -98,11 +98,13 @@ def _check_params(estimator, head_dim, num_q, num_k, block_q, block_k, params):
   if estimator == "prism":
     if p["topp"] is None:
       raise ValueError("estimator 'prism' needs topp (default 0.95).")
-    hf = head_dim // 2 if p["high_freq_dims"] is None else p["high_freq_dims"]
+    given = p["high_freq_dims"]
+    hf = estimators.default_high_freq_dims(head_dim) if given is None else given
     if head_dim % 2 or not _is_int(hf) or hf % 2 or not 0 < hf < head_dim:
       raise ValueError(
           f"high_freq_dims must be even and in (0, head_dim={head_dim}) with an even "
-          f"head_dim (two rotate-half bands); got {p['high_freq_dims']!r}.")
+          f"head_dim (two rotate-half bands); got {hf!r}"
+          + (" (the default for this head_dim)." if given is None else "."))
   m = p["max_blocks"]
   if m is not None:
     diagonal_width = _diagonal_width(num_q, block_q, block_k)

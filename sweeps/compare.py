@@ -167,7 +167,7 @@ def num(value) -> str:
   if value == 0 or 1e-3 <= abs(value) < 1e4:
     return f"{float(f'{value:.3g}'):g}"  # 1177 -> 1180, not 1.18e+03
   mantissa, _, exponent = f"{value:.3g}".partition("e")
-  return f"{mantissa}e{int(exponent)}"
+  return f"{mantissa}e{int(exponent)}" if exponent else mantissa  # 0.0005 has none
 
 
 def cell(table: pd.DataFrame, group, column: str) -> str:

@@ -43,10 +43,8 @@ PAPER_BASE = {"seq_len": 2048, "batch_size": 64, "model.vocab_size": 50304,
 
 
 def get_sweep(arg=None):
-  if arg == "tiny":
-    return quickstart.get_sweep()
-  if arg == "smoke":
-    return quickstart.get_sweep("smoke")
+  if arg in ("tiny", "smoke"):  # the quickstart's grid (or its smoke), as chinchilla_isoflop
+    return quickstart.get_sweep({"tiny": None, "smoke": "smoke"}[arg])
   if arg == "paper":
     count = design.param_counter(PAPER_CONFIG, PAPER_BASE)
     # From 3M parameters: with a 50k vocabulary the embedding is most of a small model.

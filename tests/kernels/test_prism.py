@@ -275,3 +275,16 @@ def test_band_widths_are_checked(params):
   q = jnp.zeros((1, 32, 1, 16))
   with pytest.raises(ValueError, match="must be even and in"):
     estimators.prism_mask(q, q, block_q=16, block_k=16, **params)
+
+
+def test_default_bands_are_even_for_any_even_head_dim():
+  """Half and three quarters of the head, each rounded down to even: a head dim of 6 (a
+  width-6 model with one head) gets bands of 2 and 4 instead of an invalid 3."""
+  assert estimators.band_dims(128) == (64, 96)
+  assert estimators.band_dims(6) == (2, 4)
+  assert estimators.band_dims(10) == (4, 6)
+  from experiments import validation
+  from tests.helpers import micro_config
+  validation.validate(micro_config(**{"model.width": 6, "model.heads": 1,
+                                      "model.kv_heads": 1, "attention.kind": "spectral",
+                                      "attention.block_q": 16, "attention.block_k": 16}))
