@@ -33,7 +33,7 @@ SCAN_POINTS = 400  # log-spaced budgets scanned for crossings before root refine
 TABLE_COLUMNS = (("E", "E"), ("A", "A"), ("B", "B"), ("alpha", "alpha"), ("beta", "beta"),
                  ("a", "a (A3)"), ("b", "b (A3)"), ("a_isoflop", "a (A2)"),
                  ("b_isoflop", "b (A2)"), ("N_opt", "N_opt"), ("loss", "loss"),
-                 ("loss_isoflop", "loss (A2)"))
+                 ("loss_isoflop", "loss (A2)"), ("loss_exp_isoflop", "L_opt ∝ C^x (A2)"))
 AT_BUDGET = ("N_opt", "D_opt", "loss")  # table columns evaluated at the common budget
 
 
@@ -191,6 +191,11 @@ def _quality_cell(table, group, law, width=70) -> str:
   return f"{quality} ({codes})" if codes else str(quality)
 
 
+def _at_budget(column: str) -> bool:
+  """N_opt, D_opt, loss (or a suffixed law's: loss_isoflop), not loss_exp or loss_E."""
+  return column in AT_BUDGET or column.rsplit("_", 1)[0] in AT_BUDGET
+
+
 def format_table(table: pd.DataFrame, columns=None) -> str:
   """A markdown table (README-quotable): one row per group, values with their intervals
   ('0.342 [0.301, 0.388]'), then the quality (and non-info diagnostic codes, or why the
@@ -199,7 +204,7 @@ def format_table(table: pd.DataFrame, columns=None) -> str:
   at = f" @ C={num(budget)}" if budget else ""
   chosen = [(c, h) for c, h in (columns or TABLE_COLUMNS) if c in table]
   header = [table.index.name or "group"] + [
-      head + (at if column.startswith(AT_BUDGET) else "") for column, head in chosen]
+      head + (at if _at_budget(column) else "") for column, head in chosen]
   laws = table.attrs.get("laws") or [c[len("quality_"):] for c in table
                                      if c.startswith("quality_")]
   header += [f"quality ({law})" for law in laws]
