@@ -8,8 +8,8 @@ A reproduction is a sweep definition in experiments/reproduce/NAME.py (get_sweep
 `tiny` for two CPU cores, `paper` for a cluster, `smoke` for tests) with a
 `report(store, out, variant) -> markdown` that makes the paper's comparison from the store's
 runs. This launches the sweep (sweeps.launch: idempotent, resumable, the same launcher flags),
-then writes REPORT_DIR/report.md (it defaults to the figures directory beside the store,
-sweeps.plot.beside) with the fits and their plots under it, and prints it. --report_only
+then writes REPORT_DIR/report.md (default: DIR-figures/NAME beside the store,
+sweeps.plot.beside; one store may serve several reproductions) with the fits and their plots under it, and prints it. --report_only
 re-analyses a store without launching (e.g. one trained on a cluster).
 """
 import ast
@@ -31,7 +31,7 @@ _NAME = flags.DEFINE_string("name", None, "Reproduction and variant: NAME:VARIAN
 _LIST = flags.DEFINE_bool("list", False, "List the reproductions and exit.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Analyse the store without launching.")
 _REPORT_DIR = flags.DEFINE_string("report_dir", None, "Where report.md, the fits and their "
-                                  "plots go (default: DIR-figures beside --store).")
+                                  "plots go (default: DIR-figures/NAME beside --store).")
 
 
 def available() -> dict:
@@ -69,7 +69,7 @@ def analyse(name: str, variant: str, store: str, out: str = None) -> tuple:
   from sweeps import plot
   module = plan_lib.load_definition(path_of(name))
   module.get_sweep(variant)  # an unknown variant fails here, naming the valid ones
-  out = out or plot.beside(store)
+  out = out or os.path.join(plot.beside(store), name)  # stores are shared: one per name
   os.makedirs(out, exist_ok=True)
   body = module.report(store, out, variant)
   text = f"# {name}:{variant}\n\n{available()[name]}\n\nStore: `{store}`\n\n{body}\n"

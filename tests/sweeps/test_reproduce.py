@@ -117,7 +117,7 @@ def test_smoke_end_to_end_launches_then_reports_what_could_not_be_fitted(tmp_pat
        f"--store={store}", "--parallel=2", "--nopin"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  report = open(tmp_path / "store-figures" / "report.md").read()
+  report = open(tmp_path / "store-figures" / "attention_scaling" / "report.md").read()
   assert "| dense" in report and "| linear" in report
   assert "failed" in report and "budget" in report
   assert len(os.listdir(store)) == 6
