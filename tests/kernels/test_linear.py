@@ -99,6 +99,13 @@ def _reference_results(case_name, dtype, seed):
           for name, fn in REFERENCES.items()}
 
 
+# The Pallas paths' float32 log-decay gradient: on strong_decay_gqa its error over 16 seeds
+# was median 6e-6, max 1.2e-5 against either reference (xla: 1.3e-7), so 1e-5 failed fresh
+# seeds now and then. Its own bound is measured, not a loosened blanket one; the other
+# gradients stay at 1e-5 (theirs: max 1.1e-7).
+PALLAS_DG_TOL = 3e-5
+
+
 def _check(impl, case_name, dtype, tol, seed):
   case = CASES[case_name]
   q, k, v, g, cotangent = _inputs(seed, case, dtype)
@@ -111,7 +118,9 @@ def _check(impl, case_name, dtype, tol, seed):
     assert _rel(out, ref) < tol, f"output: rel err {_rel(out, ref):.2e}; {where}"
     for name, grad in grads.items():
       err = _rel(grad, ref_grads[name])
-      assert err < tol, f"d{name}: rel err {err:.2e}; {where}"
+      bound = PALLAS_DG_TOL if (impl.startswith("pallas") and name == "g"
+                                and dtype == jnp.float32) else tol
+      assert err < bound, f"d{name}: rel err {err:.2e}; {where}"
 
 
 def _pairs(cases):
