@@ -60,7 +60,8 @@ def fit_groups(store, group_by=store_lib.ATTENTION_COLUMN, laws=DEFAULT_LAWS, bo
   options = options or fitting.FitOptions(bootstrap=bootstrap, seed=seed)
   return {law: fit_lib.run(store=store, law=law, out=None if out is None else
                            os.path.join(out, law), columns=columns, where=where,
-                           group_by=group_by, status=status, options=options, plots=plots)
+                           group_by=group_by, status=status, options=options, plots=plots,
+                           require_fit=False)
           for law in laws}
 
 
@@ -317,15 +318,21 @@ def format_diagnostics(fits: dict) -> str:
                       for law, result in fits.items())
 
 
-def format_report(fits: dict, budget=None, c_range=None, law="chinchilla") -> str:
+def format_report(fits: dict, budget=None, c_range=None, law="chinchilla",
+                  beyond=1.0) -> str:
   """What a reproduction prints: the markdown table at the common budget, the diagnostics
   per law and group, and the crossings of `law`'s L_opt(C) over c_range (default: the FLOP
-  span of the fitted runs)."""
+  span of the fitted runs, its top times `beyond`). When no group could be fitted, says so
+  with each group's reason."""
+  if not any(result.get("groups") for result in fits.values()):
+    return "No group could be fitted by any law:\n\n" + format_diagnostics(fits)
   table = law_table(fits, budget)
   parts = [f"per-group fits ({', '.join(fits)}), loss and N_opt at the common budget "
            f"C = {num(table.attrs['budget'])} FLOPs:", format_table(table), "",
            format_diagnostics(fits)]
   if law in fits and len(fits[law].get("groups", {})) >= 2:
-    c_range = c_range or fitted_span(fits)
+    if c_range is None:
+      lo, hi = fitted_span(fits)
+      c_range = (lo, beyond * hi)
     parts += ["", format_crossings(crossings(fits, c_range, law), c_range)]
   return "\n".join(parts)

@@ -115,11 +115,12 @@ def _reason(err) -> str:
 
 
 def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), group_by=None,
-        status="done", options=fitting.FitOptions(), plots=True) -> dict:
+        status="done", options=fitting.FitOptions(), plots=True, require_fit=True) -> dict:
   """Fits `law` (per value of group_by when given) and writes out/fit.json and the plots
   (out=None: writes nothing). A group that cannot be fitted (too few runs, no bracketed
   budget) is recorded under `failed` ({group: {reason, n_runs}}) and makes the quality at
-  least warn; only when no group fits is it an error."""
+  least warn; when no group fits it is an error, unless require_fit=False (a comparison
+  that reports every group's reason): then `groups` is empty and the quality degenerate."""
   rows = laws.get(law).rows  # an unknown law fails here, before any reading
   frame, defaults = load_table(store, csv, law, status)
   mapping = {**defaults, **points_lib.parse_columns(columns)}
@@ -146,10 +147,11 @@ def run(*, store=None, csv=None, law="chinchilla", out, columns="", where=(), gr
         failed[name] = {"reason": _reason(err), "n_runs": int(len(np.unique(points.run_id)))}
         continue
       plotted[name] = (groups[name], points)
-    if not groups:
+    if not groups and require_fit:
       raise ValueError(f"no {group_by} group could be fitted: " + "; ".join(
           f"{name}: {f['reason']}" for name, f in sorted(failed.items())))
-    quality = diagnostics.quality([d for g in groups.values() for d in g["diagnostics"]])
+    quality = diagnostics.quality([d for g in groups.values() for d in g["diagnostics"]]
+                                  ) if groups else "degenerate"
     result = {**header, "group_by": group_by, "groups": groups,
               "failed": dict(sorted(failed.items())),
               "quality": "warn" if failed and quality == "ok" else quality,
@@ -203,7 +205,7 @@ def format_table(result: dict) -> str:
 
 def format_diagnostics(result: dict) -> str:
   """QUALITY line(s) and one line per diagnostic, worst first."""
-  groups = result.get("groups") or {"": result}
+  groups = result["groups"] if "group_by" in result else {"": result}
   lines = []
   for name, g in groups.items():
     label = f" [{result['group_by']}={name}]" if name else ""

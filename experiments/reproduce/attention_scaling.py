@@ -97,5 +97,4 @@ def report(store, out, arg=None):
   curves cross up to 1000x beyond the fitted FLOPs (flagged as extrapolated)."""
   from sweeps import compare
   fits = compare.fit_groups(store, group_by=GROUP_BY, out=out)
-  c_lo, c_hi = compare.fitted_span(fits)
-  return compare.format_report(fits, c_range=(c_lo, 1e3 * c_hi))
+  return compare.format_report(fits, beyond=1e3)
