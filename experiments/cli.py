@@ -13,7 +13,8 @@ import sys
 
 COMMANDS = {"train": "experiments.train", "prepare": "experiments.prepare",
             "calibrate": "experiments.calibrate", "launch": "sweeps.launch",
-            "fit": "sweeps.fit", "prescribe": "sweeps.prescribe", "verify": "sweeps.verify"}
+            "fit": "sweeps.fit", "prescribe": "sweeps.prescribe", "verify": "sweeps.verify",
+            "reproduce": "sweeps.reproduce"}
 DESCRIPTIONS = {
     "train": "train one run into a run directory (resumes from its checkpoints)",
     "prepare": "tokenize a corpus once into ArrayRecord shards that training reads",
@@ -22,6 +23,7 @@ DESCRIPTIONS = {
     "fit": "fit a scaling law to a run store or a CSV: fit.json, diagnostics, plots",
     "prescribe": "turn a fit into a model config that spends a FLOP budget",
     "verify": "train the prescribed config and compare its loss with the law's prediction",
+    "reproduce": "run a paper reproduction (experiments/reproduce/): its sweep, then its report",
 }
 
 

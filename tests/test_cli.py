@@ -22,7 +22,8 @@ def test_cli_rejects_unknown_command():
 
 @pytest.mark.parametrize("command,flag", [("train", "--workdir"), ("prepare", "--shards"),
                                           ("launch", "--sweep"),
-                                          ("fit", "--law"), ("prescribe", "--budget")])
+                                          ("fit", "--law"), ("prescribe", "--budget"),
+                                          ("reproduce", "--report_only")])
 def test_cli_dispatches_to_the_module(command, flag):
   proc = subprocess.run([sys.executable, "-c", "from experiments.cli import main; main()",
                          command, "--helpshort"], cwd=REPO, capture_output=True, text=True)
