@@ -15,9 +15,8 @@ re-analyses a store without launching (e.g. one trained on a cluster).
 import ast
 import glob
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import logs
 from experiments.metrics import write_text_atomic

@@ -4,7 +4,8 @@
 isoFLOP design and compare exponents, allocation and loss. Here: every attention kind.
 
   python -m sweeps.reproduce --name=attention_scaling:tiny --store=runs/attn-tiny --parallel=2
-  python -m sweeps.launch --sweep=experiments/reproduce/attention_scaling.py:paper --store=S --dry_run
+  python -m sweeps.launch --sweep=experiments/reproduce/attention_scaling.py:paper --store=S \
+      --dry_run
 
 Kinds (`KINDS`): dense, block_sparse (Sparge estimator, top-p 0.9), spectral (Prism, top-p
 0.9), linear (simple-GLA decay), and a dense+linear hybrid (alternating layers). Every kind

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import validation
-from sweeps import define, plan, reproduce, synthetic
+from sweeps import plan, reproduce, synthetic
 from tests.helpers import REPO
 
 NAMES = ("attention_scaling", "chinchilla_isoflop", "kaplan_vs_chinchilla", "mup_transfer")
