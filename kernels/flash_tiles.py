@@ -207,3 +207,22 @@ def block_delta(do_BLHK, o_BLHK):
   prod = do_BLHK.astype(jnp.float32) * o_BLHK.astype(jnp.float32)
   return jnp.transpose(jnp.sum(prod, axis=-1), (0, 2, 1))
 
+
+def dot_tn(a_KM, b_KN):
+  """a.T @ b in float32: [K, M] x [K, N] -> [M, N]."""
+  return lax.dot_general(a_KM, b_KN, (((0,), (0,)), ((), ())),
+                         precision=_precision(a_KM.dtype),
+                         preferred_element_type=jnp.float32)
+
+
+def fused_step(q, k, v, do, lse_row, delta_row, dk_acc, dv_acc, scale, allowed_T):
+  """dkv_step that also returns the tile's dq term dS K (float32 [bq, K], unscaled).
+
+  FlashAttention-2's fused backward: P and dS are computed once per tile, so 5
+  matmuls (K Q^T, P^T dO, V dO^T, dS^T Q, dS K) where the separate dq and dk/dv
+  steps take 7 (the dq step recomputes Q K^T and dO V^T).
+  """
+  p_T = _probs(k, q, lse_row, scale, allowed_T)
+  dv_acc = dv_acc + dot_nn(p_T.astype(do.dtype), do)
+  ds_T = (p_T * (dot_nt(v, do) - delta_row)).astype(q.dtype)
+  return dk_acc + dot_nn(ds_T, q), dv_acc, dot_tn(ds_T, k)
