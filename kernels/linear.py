@@ -87,8 +87,8 @@ def xla_linear_attention(q_BLHK, k_BLGK, v_BLGK, log_decay_BLH=None, *,
 # log decay at a document start: the state before it is multiplied by exp(this).
 # -inf resets exactly in the XLA and reference paths (they sum decays directly); the
 # Pallas kernels take differences b_i - b_j of a within-chunk cumsum, where -inf would
-# give inf - inf, so they get a finite reset (exp(-30) ~ 1e-13 of the old state leaks,
-# and each reset in a chunk costs ~30 eps of precision in b_i - b_j).
+# give inf - inf, so they get a finite reset (exp(-30) ~ 1e-13 of the old state leaks;
+# the cumsum is compensated, kernels/linear_chunk.py, so the -30 costs no precision).
 RESET_LOG_DECAY = {"reference": -jnp.inf, "xla": -jnp.inf, "pallas": -30.0}
 
 

@@ -1,4 +1,6 @@
 """The linear-attention Pallas kernels (forward and backward) lower for TPU and CUDA."""
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -36,11 +38,21 @@ def _export_loss_and_grads(platform, dtype, head_dim, feature_map):
 CALLS = {"tpu": 4, "cuda": 12}
 
 
+def _kernel_last_dims(module, platform):
+  """The last dims of every operand and result of the module's kernel calls."""
+  calls = [line for line in module.splitlines() if KERNEL_MARKERS[platform] in line]
+  return {int(dims.split("x")[-1]) for line in calls
+          for dims in re.findall(r"tensor<([0-9x]+)x(?:bf16|f32)>", line.split(" : ")[-1])}
+
+
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_identity_features_lower(platform, dtype):
   module = _export_loss_and_grads(platform, dtype, 64, "identity")
   assert module.count(KERNEL_MARKERS[platform]) == CALLS[platform]
+  # Every kernel operand is L (200 padded to 256), the chunk (64) = K = V wide, or a
+  # column: the normaliser widens nothing (as a ones column it made V 65, padded to 128).
+  assert 64 in _kernel_last_dims(module, platform) <= {256, 64, 1}
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
@@ -49,3 +61,7 @@ def test_squared_features_lower_at_head_dim_128(platform):
   module = _export_loss_and_grads(platform, jnp.bfloat16, 128, "squared")
   assert module.count(KERNEL_MARKERS[platform]) == CALLS[platform]
   assert "x8256x" in module
+  # V = 128 stays 128 wide (a ones column made it 129, padded to 192 by 64-wide tiles);
+  # F pads to the tiles: 129 of 64 on cuda, 5 of 1664 on tpu.
+  features = {"cuda": 8256, "tpu": 8320}[platform]
+  assert {128, features} <= _kernel_last_dims(module, platform) <= {256, 128, 64, 1, features}
