@@ -53,16 +53,19 @@ def sparse_flops(cfg, head_dim, density=None, pv_skip=None):
 def linear_flops(cfg, head_dim, density=None):
   """Forward FLOPs per token of the linear core as `attention.impl` computes it
   ("auto" counted as xla, its CPU choice; the trainer counts with the impl it
-  resolved). Per head, with F = feature_width and V' = K (+1: the normaliser's
-  ones column), per position:
+  resolved). Per head, with F = feature_width and V' = K (+1: the normaliser, one
+  more value column), per position:
     xla        chunk product q.k 2 C F (the squared map as (q.k)^2: K wide),
                (scores)V 2 C V', state read and update 4 F V';
-    pallas     the same (linear_kernels: state, scores and output passes), plus the current token in
-               jnp (q.k 2 F, its v 2 V');
+    pallas     the same (linear_kernels: the state walk, the chunk scores and
+               output), plus the current token in jnp (q.k 2 F, its v 2 V');
     reference  the recurrence: state read and update 4 F V' per token, no chunks.
+  The xla path's normaliser is a ones column of v; the Pallas kernels carry it in
+  accumulators of their own (a state row z_F: 4 F, as a column; the chunk's row
+  sums of the scores: C adds where a column is 2 C), counted as the column.
   Chunked impls pad L to whole chunks of C = chunk_size, paid by the real tokens.
-  Not counted: the Pallas paths' padding of F and V to their tiles, the cuda output
-  pass's repeat of q.k per value tile, elementwise decay. The decay and conv
+  Not counted: the Pallas paths' padding of F and V to their tiles, the tpu kernel's
+  repeat of the chunk scores per value tile (V > 2048 only), elementwise decay. The decay and conv
   projections are models.flops.linear_extra_flops."""
   a, K = cfg.attention, head_dim
   F, V = feature_width(a.feature_map, K), K + (1 if a.normalize else 0)

@@ -62,7 +62,7 @@ SQUARED = {"attention.impl": "xla", "attention.feature_map": "squared",
            "attention.normalize": True}
 LINEAR_CASES = {  # name: (overrides, executed per layer, chinchilla per layer)
     "identity": (IDENTITY, 2 * (2 * 16 * 8 + 2 * 16 * 8 + 4 * 16 * 16), 2 * 4 * 16 * 16),
-    # features K(K+1)/2 = 136, values K + 1 = 17 (the normaliser's ones column)
+    # features K(K+1)/2 = 136, values K + 1 = 17 (the normaliser as one more column)
     "squared_normalized": (SQUARED, 2 * (2 * 16 * 8 + 2 * 17 * 8 + 4 * 136 * 17),
                            2 * 4 * 136 * 17),
     "pallas_squared_normalized": (
