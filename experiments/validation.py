@@ -116,7 +116,28 @@ def _check_attention(cfg):
   _one_of(cfg, "attention.feature_map", FEATURE_MAPS)
   _at_least(cfg, 1, "attention.block_q", "attention.block_k", "attention.chunk_size")
   # Any seq_len: the kernels pad to the block multiple inside (kernels/padding.py).
+  _check_tiles(cfg)
   _check_sparse_training(cfg, kinds)
+
+
+def _check_tiles(cfg):
+  """Compute tiles: each a multiple or a divisor of its block; stage 2's forward
+  runs on the blocks (its skip rule is per block)."""
+  a = cfg.attention
+  for side in ("q", "k"):
+    block = a[f"block_{side}"]
+    for key in (f"fwd_block_{side}", f"bwd_block_{side}"):
+      tile = a.get(key)
+      if tile is None:
+        continue
+      if not isinstance(tile, int) or tile < 8 or (tile % block and block % tile):
+        raise ValueError(f"attention.{key} {tile!r} must be an int >= 8 that is a multiple "
+                         f"or a divisor of attention.block_{side} {block}; or None (the "
+                         "block).")
+      if key.startswith("fwd") and tile != block and a.get("pv_threshold") is not None:
+        raise ValueError(f"attention.{key} {tile} differs from attention.block_{side} "
+                         f"{block}, but stage 2 (attention.pv_threshold) decides per mask "
+                         "block: unset the forward tiles or attention.pv_threshold.")
 
 
 def _check_sparse_training(cfg, kinds):

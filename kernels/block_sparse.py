@@ -9,6 +9,13 @@ dense flash attention (kernels.flash) is the same kernel over all tiles.
 Mask broadcasting: `block_mask.mask_BHQK` may have batch B or 1 and heads H
 (query heads) or 1.
 
+Compute tiles: the kernels' tiles default to the mask's blocks; `fwd_block_q`
+/ `fwd_block_k` and `bwd_block_q` / `bwd_block_k` set them apart, each a
+multiple or a divisor of its block (kernels.flash_lists.retile): a 64-block
+mask runs in 128-wide tiles (the compiled TPU minimum) with the 64-blocks
+masked inside, and the backward may use smaller tiles than the forward
+(FlashAttention-2). Only the compute tiles must fit the platform's tiling.
+
 Document masking: `segment_ids_BL` (int32 [B, L]) lets query i see key j only
 when their ids are equal. The block mask is intersected with the blocks that
 may share a segment (cross-document tiles are skipped, never loaded), and the
@@ -48,8 +55,13 @@ def valid_blocks(seq_len, platform, interpret):
   return [d for d in sizes if d >= 16 and d & (d - 1) == 0]
 
 
-def check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform, interpret):
-  """Raises ValueError (with the fix) for shapes the kernels do not support."""
+def check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform, interpret,
+                 tiled=False):
+  """Raises ValueError (with the fix) for shapes the kernels do not support.
+
+  tiled: compute tiles other than the blocks are set (check_tiles checks them),
+  so the blocks need only divide seq_len.
+  """
   if q_BLHK.ndim != 4 or k_BLGK.shape != v_BLGK.shape or k_BLGK.ndim != 4:
     raise ValueError("expected q [B, L, H, K] and k, v [B, L, G, K] of equal shape; "
                      f"got {q_BLHK.shape}, {k_BLGK.shape}, {v_BLGK.shape}.")
@@ -60,7 +72,7 @@ def check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform, interpret):
   if num_heads % k_BLGK.shape[2]:
     raise ValueError(f"query heads {num_heads} must be a multiple of kv heads "
                      f"{k_BLGK.shape[2]}.")
-  valid = valid_blocks(seq_len, platform, interpret)
+  valid = valid_blocks(seq_len, platform, interpret or tiled)
   for name, block in (("block_q", block_q), ("block_k", block_k)):
     if block not in valid:
       if seq_len % block:  # a BlockMask fixes the geometry; kernels.attention pads for you
@@ -87,14 +99,13 @@ def check_segment_ids(segment_ids_BL, q_BLHK):
 
 
 # Segment ids (an int array or None) are a non-differentiable input like the lists.
-# bwd_tiles: static (tile_q, tile_k) of the backward kernels (kernels.flash_lists.refine).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+# fwd_tiles / bwd_tiles: static (tile_q, tile_k) of the forward and backward
+# kernels; the lists are retiled to them (kernels.flash_lists.retile).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
 def _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret,
-                  bwd_tiles):
-  o_BLHK, _ = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, lists,
-                                          **_segment_kwargs(segment_ids_BL),
-                                          interpret=interpret)
-  return o_BLHK
+                  bwd_tiles, fwd_tiles):
+  return _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
+                           interpret, bwd_tiles, fwd_tiles)[0]
 
 
 def _segment_kwargs(segment_ids_BL):
@@ -103,16 +114,18 @@ def _segment_kwargs(segment_ids_BL):
 
 
 def _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                      interpret, bwd_tiles):
-  o_BLHK, lse = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, lists,
+                      interpret, bwd_tiles, fwd_tiles):
+  tile_lists = flash_lists.retile(lists, *fwd_tiles, segmented=segment_ids_BL is not None)
+  o_BLHK, lse = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, tile_lists,
                                             **_segment_kwargs(segment_ids_BL),
                                             interpret=interpret)
   return o_BLHK, (q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL)
 
 
-def _sparse_flash_bwd(platform, interpret, bwd_tiles, residuals, do_BLHK):
+def _sparse_flash_bwd(platform, interpret, bwd_tiles, fwd_tiles, residuals, do_BLHK):
+  del fwd_tiles  # the lse residual does not depend on the forward's tiles
   q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL = residuals
-  tile_lists = flash_lists.refine(lists, *bwd_tiles, segmented=segment_ids_BL is not None)
+  tile_lists = flash_lists.retile(lists, *bwd_tiles, segmented=segment_ids_BL is not None)
   dq, dk, dv = _BACKENDS[platform].backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse,
                                             do_BLHK, tile_lists, interpret=interpret,
                                             **_segment_kwargs(segment_ids_BL))
@@ -152,7 +165,7 @@ def _sparse_flash_pv_bwd(platform, interpret, bwd_tiles, pv_threshold, residuals
   q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL, skipped_BHQK = residuals
   do_BLHK, _ = cotangents  # the skip map has no gradient
   segmented = segment_ids_BL is not None
-  computed, skipped = (flash_lists.refine(x, *bwd_tiles, segmented=segmented)
+  computed, skipped = (flash_lists.retile(x, *bwd_tiles, segmented=segmented)
                        for x in split_lists(lists, skipped_BHQK, segmented))
   dq, dk, dv = _BACKENDS[platform].backward(
       q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, do_BLHK, computed, interpret=interpret,
@@ -189,10 +202,11 @@ def split_lists(lists, skipped_BHQK, segmented):
 _TPU_LIST_BYTES = 512 * 1024
 
 
-def _check_tpu_list_bytes(rows, lists, platform, interpret, what, split=(1, 1)):
-  """split: the backward tiles' refinement of the blocks (its lists grow by it)."""
-  list_bytes = (4 * rows * (lists.num_q_blocks * split[0] + 1)
-                * (lists.num_k_blocks * split[1] + 1))
+def _check_tpu_list_bytes(rows, seq_len, tiles, bits, platform, interpret, what):
+  """rows: mask rows; tiles: the kernels' (tile_q, tile_k); bits: the lists carry
+  sub-block bitmasks (tiles larger than the blocks), as large as the index lists."""
+  list_bytes = (4 * rows * (seq_len // tiles[0] + 1) * (seq_len // tiles[1] + 1)
+                * (2 if bits else 1))
   if platform == "tpu" and not interpret and list_bytes > _TPU_LIST_BYTES:
     raise ValueError(
         f"{what} need {list_bytes} bytes of TPU scalar memory (limit "
@@ -202,7 +216,7 @@ def _check_tpu_list_bytes(rows, lists, platform, interpret, what, split=(1, 1)):
 
 def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
               segment_ids_BL=None, pv_threshold=None, return_skipped=False,
-              bwd_block_q=None, bwd_block_k=None):
+              fwd_block_q=None, fwd_block_k=None, bwd_block_q=None, bwd_block_k=None):
   """Differentiable block-sparse flash attention over prepared SparseLists.
 
   segment_ids_BL (int [B, L] or None): mask every computed tile by segment id.
@@ -211,32 +225,44 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
   pv_threshold (SpargeAttn's lambda, <= 0; None: off): skip a tile's P.V by
   the rule of kernels.pv_skip (see _sparse_flash_pv); -inf runs the stage-1
   kernels. return_skipped: return (o_BLHK, skipped_BHQK), bool [B, H, nQ, nK]
-  without gradient. bwd_block_q / bwd_block_k (None: the forward's): the dq and
-  dk/dv kernels' tiles, dividing the blocks (FlashAttention-2 sizes its
-  backward tiles apart from the forward's).
+  without gradient. fwd_block_q / fwd_block_k (None: the blocks): the forward
+  kernel's compute tiles; bwd_block_q / bwd_block_k (None: the forward's): the
+  dq and dk/dv kernels' (FlashAttention-2 sizes its backward tiles apart from
+  the forward's). Each is a multiple or a divisor of its block (larger tiles
+  mask the blocks inside). Stage 2's skip rule is per mask block, so with
+  pv_threshold the forward's tiles are the blocks.
   """
   pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
   if pv_threshold == -math.inf:
     # Never skips: the stage-1 kernels are exact on every backend (a compiled
     # branch around P.V may round differently); a finite lambda runs stage 2.
     pv_threshold = None
-  _check_tpu_list_bytes(lists.mask_batch * lists.mask_heads, lists, platform, interpret,
-                        "the block lists")
+  seq_len, blocks = q_BLHK.shape[1], (lists.block_q, lists.block_k)
+  if pv_threshold is not None and (fwd_block_q or lists.block_q,
+                                   fwd_block_k or lists.block_k) != blocks:
+    raise ValueError(
+        f"stage 2 (pv_threshold) decides per mask block: leave fwd_block_q / fwd_block_k "
+        f"unset or equal to the blocks {blocks} (got {fwd_block_q}, {fwd_block_k}).")
+  fwd_tiles = check_tiles(seq_len, lists, ("fwd_block_q", fwd_block_q),
+                          ("fwd_block_k", fwd_block_k), platform, interpret)
+  bwd_tiles = check_tiles(seq_len, lists, ("bwd_block_q", bwd_block_q or fwd_tiles[0]),
+                          ("bwd_block_k", bwd_block_k or fwd_tiles[1]), platform,
+                          interpret)
+  rows = lists.mask_batch * lists.mask_heads
+  for tiles, what in ((fwd_tiles, "the forward's block lists"),
+                      (bwd_tiles, "the backward tiles' lists")):
+    bits = tiles[0] > blocks[0] or tiles[1] > blocks[1]
+    _check_tpu_list_bytes(rows, seq_len, tiles, bits, platform, interpret, what)
   if pv_threshold is not None:  # the backward's lists have a row per (batch, head)
-    _check_tpu_list_bytes(q_BLHK.shape[0] * q_BLHK.shape[2], lists, platform,
-                          interpret, "the stage-2 backward's per-head block lists")
-  bwd_tiles = check_bwd_tiles(q_BLHK.shape[1], lists, bwd_block_q, bwd_block_k,
-                              platform, interpret)
-  split = (lists.block_q // bwd_tiles[0], lists.block_k // bwd_tiles[1])
-  if split != (1, 1):
-    _check_tpu_list_bytes(lists.mask_batch * lists.mask_heads, lists, platform,
-                          interpret, "the backward tiles' lists", split)
+    _check_tpu_list_bytes(q_BLHK.shape[0] * q_BLHK.shape[2], seq_len, bwd_tiles,
+                          bwd_tiles[0] > blocks[0] or bwd_tiles[1] > blocks[1],
+                          platform, interpret, "the stage-2 backward's per-head lists")
   check_segment_ids(segment_ids_BL, q_BLHK)
   if segment_ids_BL is not None:
     segment_ids_BL = jax.lax.stop_gradient(segment_ids_BL).astype(jnp.int32)
   if pv_threshold is None:
     o_BLHK = _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                           interpret, bwd_tiles)
+                           interpret, bwd_tiles, fwd_tiles)
     if not return_skipped:
       return o_BLHK
     batch, _, num_heads, _ = q_BLHK.shape
@@ -247,23 +273,27 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
   return (o_BLHK, jax.lax.stop_gradient(skipped_BHQK)) if return_skipped else o_BLHK
 
 
-def check_bwd_tiles(seq_len, lists, bwd_block_q, bwd_block_k, platform, interpret):
-  """(tile_q, tile_k) of the backward kernels; raises ValueError for tiles that do
-  not divide the blocks or do not fit the platform's tiling."""
-  tiles = (bwd_block_q or lists.block_q, bwd_block_k or lists.block_k)
+def check_tiles(seq_len, lists, tile_q, tile_k, platform, interpret):
+  """(tile_q, tile_k) of a kernel from (name, value or None: the block) pairs;
+  raises ValueError for a tile that is neither a multiple nor a divisor of its
+  block, does not divide seq_len, or does not fit the platform's tiling."""
   valid = valid_blocks(seq_len, platform, interpret)
-  for name, tile, block in zip(("bwd_block_q", "bwd_block_k"), tiles,
-                               (lists.block_q, lists.block_k)):
-    if block % tile or tile not in valid:
-      raise ValueError(f"{name} {tile} must divide the block {block} and fit the "
-                       f"{platform!r} kernel tiling (one of {valid}).")
-  return tiles
+  tiles = []
+  for (name, tile), block in zip((tile_q, tile_k), (lists.block_q, lists.block_k)):
+    tile = tile or block
+    if (tile % block and block % tile) or tile not in valid:
+      raise ValueError(f"{name} {tile} must be a multiple or a divisor of the block "
+                       f"{block} and fit the {platform!r} kernel tiling (one of {valid}); "
+                       "pad seq_len to a multiple of the tile.")
+    tiles.append(tile)
+  return tuple(tiles)
 
 
 def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
                            causal=True, segment_ids_BL=None, pv_threshold=None,
-                           return_skipped=False, max_blocks=None, bwd_block_q=None,
-                           bwd_block_k=None, interpret=None, platform=None):
+                           return_skipped=False, max_blocks=None, fwd_block_q=None,
+                           fwd_block_k=None, bwd_block_q=None, bwd_block_k=None,
+                           interpret=None, platform=None):
   """Attention restricted to the tiles block_mask keeps (and causal); o_BLHK.
 
   Query rows that see no key (an empty mask row) return zeros. Block sizes come
@@ -281,12 +311,14 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
   steps per row (splash's shrunk grid). Rows keep only their first max_blocks
   blocks, as the XLA path (kernels.gathered) does; the estimators' max_blocks cap
   makes that a no-op.
-  bwd_block_q / bwd_block_k: the backward kernels' tiles (see run_lists).
+  fwd_block_q / fwd_block_k, bwd_block_q / bwd_block_k: the kernels' compute
+  tiles (see run_lists); the blocks then need only divide seq_len.
   platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
   """
   platform, interpret = resolve_platform(platform, interpret)
   bq, bk = block_mask.block_q, block_mask.block_k
-  check_inputs(q_BLHK, k_BLGK, v_BLGK, bq, bk, platform, interpret)
+  tiled = any((fwd_block_q, fwd_block_k, bwd_block_q, bwd_block_k))
+  check_inputs(q_BLHK, k_BLGK, v_BLGK, bq, bk, platform, interpret, tiled=tiled)
   batch, seq_len, num_heads, _ = q_BLHK.shape
   mask_shape = block_mask.mask_BHQK.shape
   if (len(mask_shape) != 4 or mask_shape[0] not in (1, batch)
@@ -308,6 +340,7 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
   return run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
                    interpret=interpret, segment_ids_BL=segment_ids_BL,
                    pv_threshold=pv_threshold, return_skipped=return_skipped,
+                   fwd_block_q=fwd_block_q, fwd_block_k=fwd_block_k,
                    bwd_block_q=bwd_block_q, bwd_block_k=bwd_block_k)
 
 

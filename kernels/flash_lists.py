@@ -9,12 +9,19 @@ broadcasts over the data's batch or query heads.
 Dense flash attention is the same kernel over the full (causal) block pattern,
 built here with numpy at trace time so it costs nothing at run time.
 
+Compute tiles need not be the mask's blocks (`retile`): smaller tiles list
+every sub-tile of a listed block; larger ones (a 128-wide compute tile over
+64-blocks, the TPU case) list a tile when any block inside is listed and carry
+a bitmask of its listed sub-blocks (`kv_bits` / `q_bits`, aligned with the
+index lists) that the kernels AND into a tile's elementwise mask.
+
 `kv_steps` / `q_steps` are static bounds on a row's count: the TPU kernels'
 list axis has that many grid steps instead of nK / nQ (splash attention's
 shrunk grid). They come from a mask known at trace time, or from the caller
 (block_sparse_attention's max_blocks); otherwise they are nK / nQ.
 """
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +49,18 @@ class SparseLists:
   causal: bool = dataclasses.field(metadata=dict(static=True))
   kv_steps: int = dataclasses.field(metadata=dict(static=True))  # >= every kv_count
   q_steps: int = dataclasses.field(metadata=dict(static=True))   # >= every q_count
+  # Tiles larger than the mask's blocks (retile): per listed tile, bit
+  # a * (block_k // sub_k) + c is set iff its sub-block (a, c) of size
+  # (sub_q, sub_k) is listed. None: every pair of a listed tile is listed.
+  kv_bits: Optional[jax.Array] = None  # aligned with kv_index
+  q_bits: Optional[jax.Array] = None   # aligned with q_index
+  sub_q: int = dataclasses.field(default=0, metadata=dict(static=True))
+  sub_k: int = dataclasses.field(default=0, metadata=dict(static=True))
+
+  @property
+  def all_bits(self):
+    """The bitmask of a tile whose every sub-block is listed."""
+    return (1 << ((self.block_q // self.sub_q) * (self.block_k // self.sub_k))) - 1
 
   def _mask_bh(self, b, h):
     return (b if self.mask_batch > 1 else 0), (h if self.mask_heads > 1 else 0)
@@ -115,20 +134,91 @@ def listed_mask(lists):
                            num_k) > 0
 
 
-def refine(lists, tile_q, tile_k, *, segmented):
-  """The same tiles as lists of smaller tiles (tile_q, tile_k dividing the blocks):
-  a sub-tile is listed iff its block is, so the attention is unchanged; used for
-  backward tiles other than the forward's. Bounds scale with the split."""
-  split_q, split_k = lists.block_q // tile_q, lists.block_k // tile_k
-  if (split_q, split_k) == (1, 1):
+# A tile's sub-blocks are bits of one int32 (sign bit unused).
+MAX_SUB_BLOCKS = 31
+
+
+def check_tile(name, tile, block):
+  """Raises ValueError unless a compute tile and a mask block divide one another
+  within the bitmask's capacity."""
+  if tile % block and block % tile:
+    raise ValueError(f"{name} {tile} must be a multiple or a divisor of the mask block "
+                     f"{block}.")
+
+
+def retile(lists, tile_q, tile_k, *, segmented):
+  """The same attention as lists over compute tiles (tile_q, tile_k), each a
+  divisor or a multiple of its block (kernels use the lists' block_q/block_k as
+  tiles). Smaller: a sub-tile is listed iff its block is (FlashAttention-2's
+  backward tiles). Larger: a tile is listed iff a block inside is, and its
+  kv_bits / q_bits say which. Bounds scale with the split; lists come at their
+  mask's blocks (no bits)."""
+  if (tile_q, tile_k) == (lists.block_q, lists.block_k):
     return lists
+  assert lists.kv_bits is None, "retile takes lists at their mask's blocks"
+  check_tile("tile_q", tile_q, lists.block_q)
+  check_tile("tile_k", tile_k, lists.block_k)
+  sub_q, sub_k = min(tile_q, lists.block_q), min(tile_k, lists.block_k)
+  split_q, split_k = lists.block_q // sub_q, lists.block_k // sub_k
+  group_q, group_k = tile_q // sub_q, tile_k // sub_k
+  if group_q * group_k > MAX_SUB_BLOCKS:
+    raise ValueError(f"compute tiles ({tile_q}, {tile_k}) hold {group_q * group_k} mask "
+                     f"blocks ({sub_q}, {sub_k}); at most {MAX_SUB_BLOCKS}: use larger "
+                     "mask blocks or smaller tiles.")
   mask = listed_mask(lists)
   fine = jnp.repeat(jnp.repeat(mask, split_q, axis=-2), split_k, axis=-1)
-  block_mask = block_mask_lib.from_mask(fine, block_q=tile_q, block_k=tile_k,
-                                        causal=lists.causal)
-  return from_block_mask(block_mask, causal=lists.causal, segmented=segmented,
-                         kv_steps=lists.kv_steps * split_k,
-                         q_steps=lists.q_steps * split_q)
+  # Sub-block bounds, then coarse rows: each listed sub-block lands in one tile.
+  kv_steps, q_steps = lists.kv_steps * split_k, lists.q_steps * split_q
+  if (group_q, group_k) == (1, 1):
+    block_mask = block_mask_lib.from_mask(fine, block_q=tile_q, block_k=tile_k,
+                                          causal=lists.causal)
+    return from_block_mask(block_mask, causal=lists.causal, segmented=segmented,
+                           kv_steps=kv_steps, q_steps=q_steps)
+  return _coarsen(fine, sub_q, sub_k, group_q, group_k, lists.causal, segmented,
+                  kv_steps * group_q, q_steps * group_k)
+
+
+def _coarsen(fine_BHQK, sub_q, sub_k, group_q, group_k, causal, segmented, kv_steps,
+             q_steps):
+  """Lists of (group_q x group_k)-block tiles of a sub-block mask, with bits."""
+  mask_batch, mask_heads, num_q, num_k = fine_BHQK.shape
+  num_q, num_k = num_q // group_q, num_k // group_k
+  tile_q, tile_k = sub_q * group_q, sub_k * group_k
+  sub_BHQKS = jnp.transpose(
+      fine_BHQK.reshape(mask_batch, mask_heads, num_q, group_q, num_k, group_k),
+      (0, 1, 2, 4, 3, 5)).reshape(mask_batch, mask_heads, num_q, num_k, -1)
+  weights_S = jnp.left_shift(1, jnp.arange(group_q * group_k, dtype=jnp.int32))
+  bits_BHQK = jnp.sum(jnp.where(sub_BHQKS, weights_S, 0), axis=-1, dtype=jnp.int32)
+  block_mask = block_mask_lib.from_mask(bits_BHQK != 0, block_q=tile_q, block_k=tile_k,
+                                        causal=causal)
+  # A tile needs the elementwise mask unless causally full with every sub-block listed.
+  no_mask_QK = full_tiles(num_q, num_k, tile_q, tile_k, causal)
+  no_mask_BHQK = no_mask_QK & (bits_BHQK == (1 << (group_q * group_k)) - 1)
+  if segmented:
+    no_mask_BHQK = jnp.zeros_like(no_mask_BHQK)
+
+  def along(x_BHRC, index_BHRN):
+    return jnp.take_along_axis(x_BHRC, index_BHRN, axis=-1)
+
+  kv_live = jnp.arange(num_k) < block_mask.kv_count_BHQ[..., None]
+  kv_plain = along(no_mask_BHQK, block_mask.kv_index_BHQN) & kv_live
+  # Kernels run a leading run unmasked: the entries before the first masked one.
+  kv_full = jnp.sum(jnp.cumprod(kv_plain, axis=-1), axis=-1, dtype=jnp.int32)
+  q_live = jnp.arange(num_q) < block_mask.q_count_BHK[..., None]
+  q_masked = ~along(jnp.swapaxes(no_mask_BHQK, -1, -2), block_mask.q_index_BHKN) & q_live
+  # ... and a leading run masked: up to the last entry that needs it.
+  q_partial = jnp.max(jnp.where(q_masked, jnp.arange(1, num_q + 1), 0), axis=-1)
+  as_flat = lambda x: jax.lax.stop_gradient(x).astype(jnp.int32).reshape(-1)
+  return SparseLists(
+      as_flat(block_mask.kv_index_BHQN), as_flat(block_mask.kv_count_BHQ),
+      as_flat(kv_full), as_flat(block_mask.q_index_BHKN),
+      as_flat(block_mask.q_count_BHK), as_flat(q_partial),
+      mask_batch, mask_heads, num_q, num_k, tile_q, tile_k, causal,
+      max_count(block_mask.kv_count_BHQ, kv_steps, num_k),
+      max_count(block_mask.q_count_BHK, q_steps, num_q),
+      kv_bits=as_flat(along(bits_BHQK, block_mask.kv_index_BHQN)),
+      q_bits=as_flat(along(jnp.swapaxes(bits_BHQK, -1, -2), block_mask.q_index_BHKN)),
+      sub_q=sub_q, sub_k=sub_k)
 
 
 def _ascending_lists(mask_RC):

@@ -56,6 +56,24 @@ def causal_allowed(q_block, k_block, block_q, block_k, keys_major=False):
   return q_pos >= k_pos
 
 
+def sub_block_allowed(bits, lists, keys_major=False):
+  """bool tile from a tile's sub-block bitmask (kernels.flash_lists.retile): pair
+  (query, key) is visible iff the bit of its sub-block is set; None without bits.
+
+  [block_q, block_k] of `lists`, or [block_k, block_q] with keys_major.
+  """
+  if bits is None:
+    return None
+  shape = ((lists.block_k, lists.block_q) if keys_major
+           else (lists.block_q, lists.block_k))
+  q_axis, k_axis = (1, 0) if keys_major else (0, 1)
+  row = lax.div(lax.broadcasted_iota(jnp.int32, shape, q_axis), lists.sub_q)
+  col = lax.div(lax.broadcasted_iota(jnp.int32, shape, k_axis), lists.sub_k)
+  bit = row * (lists.block_k // lists.sub_k) + col
+  words = jnp.broadcast_to(bits, shape)
+  return lax.bitwise_and(lax.shift_right_logical(words, bit), 1) == 1
+
+
 def and_masks(a, b):
   """Elementwise AND of optional bool tiles (None: every pair visible)."""
   if a is None:

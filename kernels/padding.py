@@ -30,9 +30,10 @@ def num_blocks(length, block):
   return -(-length // block)
 
 
-def padded_length(length, block_q, block_k):
-  """The smallest length >= `length` that both block sizes divide."""
-  multiple = math.lcm(block_q, block_k)
+def padded_length(length, block_q, block_k, *tiles):
+  """The smallest length >= `length` that both block sizes (and any compute
+  tiles) divide."""
+  multiple = math.lcm(block_q, block_k, *tiles)
   return num_blocks(length, multiple) * multiple
 
 

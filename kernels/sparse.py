@@ -14,7 +14,9 @@ Implementations:
                max_blocks per row: diagonal, sink, guards, then the best scored).
              Without a bound (N = nK) nothing can be skipped and it runs the masked
              dense computation instead.
-  pallas     kernels.block_sparse.block_sparse_attention (the block-sparse flash kernel).
+  pallas     kernels.block_sparse.block_sparse_attention (the block-sparse flash kernel);
+             fwd_block_q/fwd_block_k/bwd_block_q/bwd_block_k set its compute tiles
+             apart from the mask's blocks (kinds.TILE_PARAMS; the others ignore them).
 
 Estimated once: a model layer calls its kind's `estimate` (estimate_block_sparse,
 estimate_spectral), logs the density (kept fraction of causally reachable blocks)
@@ -23,7 +25,8 @@ a trace-time constant, so the kernel rebuilds it instead (exact list bounds).
 
 Any sequence length: masks have ceil(L / block) blocks per axis (the last may be
 partial); `_sparse_attention` pads q, k, v and the mask to a multiple of both blocks
-(kernels.padding), runs every impl on the padded problem and slices the output.
+and the compute tiles (kernels.padding), runs every impl on the padded problem and
+slices the output.
 """
 import functools
 import math
@@ -196,6 +199,7 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
                       segment_ids_BL=None, pv_threshold=None, return_skipped=False,
                       **params):
   _check_geometry(q, k, block_q, block_k)
+  tiles = {n: params.pop(n) for n in kinds.TILE_PARAMS if params.get(n) is not None}
   if impl not in ("pallas", "xla", "reference"):
     raise ValueError(f"block-sparse attention has impls 'pallas', 'xla', 'reference'; got {impl!r}.")
   pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
@@ -216,8 +220,9 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
   run = functools.partial(_run_mask, impl=impl, is_static=is_static, estimator=estimator,
                           block_q=block_q, block_k=block_k, causal=causal,
                           pv_threshold=pv_threshold, return_skipped=return_skipped,
-                          params=params)
-  padded = padding.padded_length(length, block_q, block_k)
+                          params=params, tiles=tiles if impl == "pallas" else {})
+  padded = padding.padded_length(length, block_q, block_k,
+                                 *(tiles.values() if impl == "pallas" else ()))
   if padded == length:
     return run(q, k, v, mask, segment_ids_BL)
   # Ragged length: the mask was chosen on the real tokens; run on the padded ones.
@@ -232,7 +237,7 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
 
 
 def _run_mask(q, k, v, mask, segment_ids_BL, *, impl, is_static, estimator, block_q,
-              block_k, causal, pv_threshold, return_skipped, params):
+              block_k, causal, pv_threshold, return_skipped, params, tiles):
   """Runs `impl` on a block mask whose blocks tile q's length exactly."""
   seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
   stage2 = {} if pv_threshold is None else {"pv_threshold": pv_threshold}
@@ -245,7 +250,8 @@ def _run_mask(q, k, v, mask, segment_ids_BL, *, impl, is_static, estimator, bloc
       stage2["return_skipped"] = True
     # The estimator's static bound shrinks the TPU grid to the kept blocks (splash).
     shrink = {"max_blocks": bound} if bound < mask.shape[-1] else {}
-    return block_sparse_attention(q, k, v, lists, causal=causal, **seg, **stage2, **shrink)
+    return block_sparse_attention(q, k, v, lists, causal=causal, **seg, **stage2, **shrink,
+                                  **tiles)
   if impl == "reference" or bound >= mask.shape[-1]:
     return _masked_dense(q, k, v, mask, block_q, block_k, causal, segment_ids_BL,
                          pv_threshold, return_skipped)
@@ -288,7 +294,8 @@ def spectral(q, k, v, *, impl, causal, block_q=128, block_k=128, **params):
 
 
 def _estimate_once(q, k, causal, estimator, params, segment_ids_BL):
-  mask_params = {n: v for n, v in params.items() if n not in kinds.STAGE2_PARAMS}
+  mask_params = {n: v for n, v in params.items()
+                 if n not in kinds.STAGE2_PARAMS and n not in kinds.TILE_PARAMS}
   mask = block_mask(q, k, estimator=estimator, causal=causal, segment_ids_BL=segment_ids_BL,
                     **mask_params)
   if estimator == "static" and segment_ids_BL is None:

@@ -14,6 +14,10 @@ own block and the whole row, sliced like k/v. With them every active tile is
 masked (a causally full tile may still cross a document start), so the
 full/partial split of the lists is not used.
 
+Compute tiles larger than the mask's blocks (kernels.flash_lists.retile) come
+with a bitmask per listed tile, one more int32 list input; a tile that is not
+whole goes to the masked loop, which ANDs the sub-block mask in.
+
 Stage 2 (pv_threshold, kernels.pv_skip): the forward's loop carries an int32
 row [1, W] of skipped key blocks (W = nK rounded up to a power of two) and
 branches on the scalar skip decision (lax.cond) around loading v and the P.V
@@ -34,6 +38,16 @@ from kernels import flash_tiles as tiles
 
 def _compiler_params(head_dim):
   return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
+
+
+def _split_bits(refs, bits):
+  """(bits ref or None, other refs): a retiled list's bitmask follows its lists."""
+  return (refs[0], refs[1:]) if bits is not None else (None, refs)
+
+
+def _bits_args(bits):
+  """The bitmask list as extra (whole) kernel inputs: [] or [bits]."""
+  return [] if bits is None else [bits]
 
 
 def _split_segments(refs, segmented):
@@ -57,29 +71,31 @@ def _same_segment(seg_refs, block):
   return same
 
 
-def _tile_mask(q_block, k_block, lists, same_segment, other_block, keys_major=False):
-  """Elementwise mask of a masked-path tile: causal and/or same segment."""
-  causal = None
-  if lists.causal or same_segment is None:
-    causal = tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k,
-                                  keys_major)
-  if same_segment is None:
-    return causal
-  return tiles.and_masks(causal, same_segment(other_block))
+def _tile_mask(q_block, k_block, lists, same_segment, other_block, keys_major=False,
+               bits=None):
+  """Elementwise mask of a masked-path tile: causal, same segment and/or the
+  tile's listed sub-blocks (bits: its scalar bitmask, None without)."""
+  causal = (tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k,
+                                 keys_major) if lists.causal else None)
+  segment = None if same_segment is None else same_segment(other_block)
+  return tiles.and_masks(tiles.and_masks(causal, segment),
+                         tiles.sub_block_allowed(bits, lists, keys_major))
 
 
 def _kv_loop(q_block, row, kv_index_ref, kv_count_ref, kv_full_ref, lists, tile_fn,
-             carry, same_segment=None):
+             carry, same_segment=None, kv_bits_ref=None):
   """Runs carry = tile_fn(k_block, allowed, carry) over the active key blocks.
 
   same_segment (see _same_segment): every tile takes the masked loop.
+  kv_bits_ref: the retiled lists' sub-block bitmasks (None: whole tiles).
   """
   base = row * lists.num_k_blocks
 
   def body(masked):
     def run(n, c):
       k_block = kv_index_ref[base + n]
-      allowed = (_tile_mask(q_block, k_block, lists, same_segment, k_block)
+      bits = None if kv_bits_ref is None else kv_bits_ref[base + n]
+      allowed = (_tile_mask(q_block, k_block, lists, same_segment, k_block, bits=bits)
                  if masked else None)
       return tile_fn(k_block, allowed, c)
     return run
@@ -93,6 +109,7 @@ def _kv_loop(q_block, row, kv_index_ref, kv_count_ref, kv_full_ref, lists, tile_
 
 def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale,
                 segmented, pv_threshold=None):
+  kv_bits_ref, refs = _split_bits(refs, lists.kv_bits)
   seg_refs, refs = _split_segments(refs, segmented)
   q_ref, k_ref, v_ref, o_ref, lse_ref = refs[:5]
   b, h, i = (pl.program_id(axis) for axis in range(3))
@@ -123,7 +140,7 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale,
     carry = (*carry, jnp.zeros(skip_ref.shape, jnp.int32))
   carry = _kv_loop(i, lists.kv_row(b, h, i), kv_index_ref, kv_count_ref,
                    kv_full_ref, lists, tile if pv_threshold is None else tile_pv,
-                   carry, _same_segment(seg_refs, bk))
+                   carry, _same_segment(seg_refs, bk), kv_bits_ref)
   o, lse = tiles.finalize(*carry[:3])
   o_ref[...] = o.astype(o_ref.dtype)
   lse_ref[...] = lse[:, 0]
@@ -169,7 +186,7 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
         (batch, num_heads, lists.num_q_blocks, 1, width), jnp.int32))
     out_specs.append(pl.BlockSpec((None, None, None, 1, width),
                                   lambda b, h, i: (b, h, i, 0, 0)))
-  whole = pl.no_block_spec
+  whole, bits = pl.no_block_spec, _bits_args(lists.kv_bits)
   kernel = functools.partial(_fwd_kernel, lists=lists, scale=1.0 / math.sqrt(head_dim),
                              segmented=segment_ids_BL is not None,
                              pv_threshold=pv_threshold)
@@ -177,12 +194,13 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
       kernel,
       out_shape=out_shape,
       grid=(batch, num_heads, lists.num_q_blocks),
-      in_specs=[whole, whole, whole, *seg_specs, q_spec, kv_spec, kv_spec],
+      in_specs=[whole] * (3 + len(bits)) + [*seg_specs, q_spec, kv_spec, kv_spec],
       out_specs=out_specs,
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
       name="block_sparse_flash_fwd",
-  )(lists.kv_index, lists.kv_count, lists.kv_full, *seg_args, q_BLHK, k_BLGK, v_BLGK)
+  )(lists.kv_index, lists.kv_count, lists.kv_full, *bits, *seg_args, q_BLHK, k_BLGK,
+    v_BLGK)
   if pv_threshold is None:
     return o_BLHK, lse_BHL
   return o_BLHK, lse_BHL, tiles.cut_skip_map(skip[0], lists)
@@ -190,6 +208,7 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
 
 def _dq_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale, segmented,
                skipped=False):
+  kv_bits_ref, refs = _split_bits(refs, lists.kv_bits)
   seg_refs, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref) = _split_segments(
       refs, segmented)
   b, h, i = (pl.program_id(axis) for axis in range(3))
@@ -206,12 +225,13 @@ def _dq_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale, seg
 
   dq = _kv_loop(i, lists.kv_row(b, h, i), kv_index_ref, kv_count_ref, kv_full_ref,
                 lists, tile, jnp.zeros(q.shape, jnp.float32),
-                _same_segment(seg_refs, bk))
+                _same_segment(seg_refs, bk), kv_bits_ref)
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
 def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
                 num_groups, segmented, skipped=False):
+  q_bits_ref, refs = _split_bits(refs, lists.q_bits)
   seg_refs, refs = _split_segments(refs, segmented)
   q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref = refs[:7]
   b, g, j = (pl.program_id(axis) for axis in range(3))
@@ -237,8 +257,9 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
       def run(n, c):
         q_block = q_index_ref[base + n]
         queries = pl.ds(q_block * bq, bq)
+        bits = None if q_bits_ref is None else q_bits_ref[base + n]
         allowed_T = (_tile_mask(q_block, j, lists, same_segment, q_block,
-                                keys_major=True) if masked else None)
+                                keys_major=True, bits=bits) if masked else None)
         return step(r, queries, allowed_T, c)
       return run
 
@@ -275,7 +296,7 @@ def _dq_call(q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL, lists, *, inte
              segment_ids_BL, skipped=False, out_dtype=None):
   seq_len, num_heads, head_dim = q_BLHK.shape[1:]
   num_groups = num_heads // k_BLGK.shape[2]
-  whole = pl.no_block_spec
+  whole, bits = pl.no_block_spec, _bits_args(lists.kv_bits)
   q_spec, kv_spec, stat_spec = _row_specs(lists, num_groups, seq_len, head_dim)
   seg_specs, seg_args = _segment_inputs(segment_ids_BL, lists.block_q,
                                         lambda b, h, i: (b, i))
@@ -285,14 +306,14 @@ def _dq_call(q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL, lists, *, inte
       kernel,
       out_shape=jax.ShapeDtypeStruct(q_BLHK.shape, out_dtype or q_BLHK.dtype),
       grid=(q_BLHK.shape[0], num_heads, lists.num_q_blocks),
-      in_specs=[whole, whole, whole, *seg_specs, q_spec, kv_spec, kv_spec, q_spec,
-                stat_spec, stat_spec],
+      in_specs=[whole] * (3 + len(bits)) + [*seg_specs, q_spec, kv_spec, kv_spec,
+                                            q_spec, stat_spec, stat_spec],
       out_specs=q_spec,
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
       name="block_sparse_flash_dq_skipped" if skipped else "block_sparse_flash_dq",
-  )(lists.kv_index, lists.kv_count, lists.kv_full, *seg_args, q_BLHK, k_BLGK, v_BLGK,
-    do_BLHK, lse_BHL, delta_BHL)
+  )(lists.kv_index, lists.kv_count, lists.kv_full, *bits, *seg_args, q_BLHK, k_BLGK,
+    v_BLGK, do_BLHK, lse_BHL, delta_BHL)
 
 
 def _dkv_call(q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL, lists, *, interpret,
@@ -301,7 +322,7 @@ def _dkv_call(q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL, lists, *, int
   batch, seq_len, num_heads, head_dim = q_BLHK.shape
   num_kv_heads = k_BLGK.shape[2]
   num_groups = num_heads // num_kv_heads
-  whole, bk = pl.no_block_spec, lists.block_k
+  whole, bk, bits = pl.no_block_spec, lists.block_k, _bits_args(lists.q_bits)
   group_spec = pl.BlockSpec((None, seq_len, num_groups, head_dim),
                             lambda b, g, j: (b, 0, g, 0))
   group_stat_spec = pl.BlockSpec((None, num_groups, seq_len), lambda b, g, j: (b, g, 0))
@@ -315,11 +336,12 @@ def _dkv_call(q_BLHK, k_BLGK, v_BLGK, do_BLHK, lse_BHL, delta_BHL, lists, *, int
       kernel,
       out_shape=[jax.ShapeDtypeStruct(x.shape, out_dtype or x.dtype) for x in outputs],
       grid=(batch, num_kv_heads, lists.num_k_blocks),
-      in_specs=[whole, whole, whole, *seg_specs, group_spec, group_spec,
-                group_stat_spec, group_stat_spec, kv_spec, kv_spec],
+      in_specs=[whole] * (3 + len(bits)) + [*seg_specs, group_spec, group_spec,
+                                            group_stat_spec, group_stat_spec, kv_spec,
+                                            kv_spec],
       out_specs=[kv_spec] * len(outputs),
       compiler_params=_compiler_params(head_dim),
       interpret=interpret,
       name="block_sparse_flash_dk_skipped" if skipped else "block_sparse_flash_dkv",
-  )(lists.q_index, lists.q_count, lists.q_partial, *seg_args, q_BLHK, do_BLHK,
+  )(lists.q_index, lists.q_count, lists.q_partial, *bits, *seg_args, q_BLHK, do_BLHK,
     lse_BHL, delta_BHL, k_BLGK, v_BLGK)

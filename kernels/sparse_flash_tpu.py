@@ -22,6 +22,10 @@ rows [B, 1, L] for its column side (queries and keys swap sides in dk/dv).
 With them every active tile is masked: a causally full tile may still cross a
 document start.
 
+Compute tiles larger than the mask's blocks (kernels.flash_lists.retile) add
+their per-tile sub-block bitmasks as a third scalar-prefetch list; a tile that
+is not whole takes the masked branch, which ANDs the sub-block mask in.
+
 Stage 2 (pv_threshold, kernels.pv_skip): the skip decision is a scalar per
 tile (float reductions of the row statistics); pl.when guards the P.V matmul,
 so a skipped tile's v block is fetched but never multiplied. Skipped tiles are
@@ -89,31 +93,47 @@ def _same_segment(seg_refs):
   return same
 
 
+def _scalar_lists(index, count, bits):
+  """The scalar-prefetch lists of a walk: index and count, then the retiled
+  lists' bitmasks when they have them."""
+  return (index, count) if bits is None else (index, count, bits)
+
+
+def _split_bits(refs, bits):
+  """(bits ref or None, other refs): the third scalar-prefetch list, if any."""
+  return (refs[0], refs[1:]) if bits is not None else (None, refs)
+
+
 def _run_tile(active, q_block, k_block, lists, step, keys_major=False,
-              same_segment=None):
+              same_segment=None, bits=None):
   """Calls step(allowed) for an active tile; only partial tiles get a mask.
 
-  With same_segment (see _same_segment) every tile is masked.
+  With same_segment (see _same_segment) every tile is masked. bits: the tile's
+  sub-block bitmask (a scalar; None: a whole tile), ANDed into the mask.
   """
+  sub_blocks = lambda: tiles.sub_block_allowed(bits, lists, keys_major)
+  causal = lambda: (tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k,
+                                         keys_major) if lists.causal else None)
   if same_segment is not None:
     def masked():
-      causal = (tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k,
-                                     keys_major) if lists.causal else None)
-      step(tiles.and_masks(causal, same_segment()))
+      step(tiles.and_masks(tiles.and_masks(causal(), same_segment()), sub_blocks()))
     pl.when(active)(masked)
     return
-  if not lists.causal:
+  whole = None if bits is None else bits == lists.all_bits
+  if lists.causal:
+    full = tiles.is_full_tile(q_block, k_block, lists.block_q, lists.block_k)
+    whole = full if whole is None else jnp.logical_and(full, whole)
+  if whole is None:  # non-causal whole tiles: never masked
     pl.when(active)(lambda: step(None))
     return
-  full = tiles.is_full_tile(q_block, k_block, lists.block_q, lists.block_k)
-  pl.when(jnp.logical_and(active, full))(lambda: step(None))
-  allowed = lambda: tiles.causal_allowed(q_block, k_block, lists.block_q, lists.block_k,
-                                         keys_major)
-  pl.when(jnp.logical_and(active, jnp.logical_not(full)))(lambda: step(allowed()))
+  pl.when(jnp.logical_and(active, whole))(lambda: step(None))
+  pl.when(jnp.logical_and(active, jnp.logical_not(whole)))(
+      lambda: step(tiles.and_masks(causal(), sub_blocks())))
 
 
 def _fwd_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented,
                 pv_threshold=None):
+  kv_bits_ref, refs = _split_bits(refs, lists.kv_bits)
   seg_refs, refs = _split_segments(refs, segmented)
   if pv_threshold is None:
     q_ref, k_ref, v_ref, o_ref, lse_ref, m_scr, l_scr, acc_scr = refs
@@ -160,7 +180,8 @@ def _fwd_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented,
 
   _run_tile(n < kv_count_ref[row], i, k_block, lists,
             step if pv_threshold is None else step_pv,
-            same_segment=_same_segment(seg_refs))
+            same_segment=_same_segment(seg_refs),
+            bits=None if kv_bits_ref is None else kv_bits_ref[row * stride + n])
 
   @pl.when(n == lists.kv_steps - 1)
   def _finalize():
@@ -173,13 +194,13 @@ def _q_major_specs(lists, num_groups, head_dim):
   """Index maps for grids (b, h, i, n) that walk the kv list of query block i."""
   bq, bk, stride = lists.block_q, lists.block_k, lists.num_k_blocks
 
-  def q_map(b, h, i, n, kv_index_ref, kv_count_ref):
+  def q_map(b, h, i, n, kv_index_ref, *_):
     return (b, h, i, 0)
 
-  def kv_map(b, h, i, n, kv_index_ref, kv_count_ref):
+  def kv_map(b, h, i, n, kv_index_ref, *_):
     return (b, lax.div(h, num_groups), kv_index_ref[lists.kv_row(b, h, i) * stride + n], 0)
 
-  def stat_map(b, h, i, n, kv_index_ref, kv_count_ref):
+  def stat_map(b, h, i, n, kv_index_ref, *_):
     return (b, h, 0, i)
 
   q_spec = pl.BlockSpec((None, None, bq, head_dim), q_map)
@@ -196,10 +217,10 @@ def _q_major_segment_inputs(lists, segment_ids_BL):
     return [], []
   bq, bk, stride = lists.block_q, lists.block_k, lists.num_k_blocks
 
-  def col_map(b, h, i, n, kv_index_ref, kv_count_ref):
+  def col_map(b, h, i, n, kv_index_ref, *_):
     return (b, i, 0)
 
-  def row_map(b, h, i, n, kv_index_ref, kv_count_ref):
+  def row_map(b, h, i, n, kv_index_ref, *_):
     return (b, 0, kv_index_ref[lists.kv_row(b, h, i) * stride + n])
 
   specs = [pl.BlockSpec((None, bq, LANES), col_map),
@@ -226,8 +247,9 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
         (batch, num_heads, lists.num_q_blocks, 1, width), jnp.int32))
     out_specs.append(pl.BlockSpec(
         (None, None, None, 1, width), lambda b, h, i, n, *_: (b, h, i, 0, 0)))
+  scalars = _scalar_lists(lists.kv_index, lists.kv_count, lists.kv_bits)
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=2,
+      num_scalar_prefetch=len(scalars),
       grid=(batch, num_heads, lists.num_q_blocks, lists.kv_steps),
       in_specs=[*seg_specs, q_spec, kv_spec, kv_spec],
       out_specs=out_specs,
@@ -245,7 +267,7 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=interpret,
       name="block_sparse_flash_fwd",
-  )(lists.kv_index, lists.kv_count, *seg_args, _to_heads_major(q_BLHK),
+  )(*scalars, *seg_args, _to_heads_major(q_BLHK),
     _to_heads_major(k_BLGK), _to_heads_major(v_BLGK))
   outs = (_to_heads_major(o_BHLK), lse_BHLC[..., 0])
   return outs if pv_threshold is None else (*outs, tiles.cut_skip_map(skip[0], lists))

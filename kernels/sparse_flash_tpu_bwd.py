@@ -19,11 +19,13 @@ from jax.experimental.pallas import tpu as pltpu
 
 from kernels import flash_tiles as tiles
 from kernels.sparse_flash_tpu import (LANES, _q_major_segment_inputs, _q_major_specs,
-                                      _run_tile, _same_segment, _segment_layouts,
-                                      _split_segments, _to_heads_major)
+                                      _run_tile, _same_segment, _scalar_lists,
+                                      _segment_layouts, _split_bits, _split_segments,
+                                      _to_heads_major)
 
 
 def _dq_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented, skipped):
+  kv_bits_ref, refs = _split_bits(refs, lists.kv_bits)
   seg_refs, refs = _split_segments(refs, segmented)
   if skipped:
     q_ref, k_ref, lse_ref, delta_ref, dq_ref, dq_scr = refs
@@ -48,8 +50,10 @@ def _dq_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented, skipp
         jnp.expand_dims(lse_ref[0], -1), jnp.expand_dims(delta_ref[0], -1),
         dq_scr[...], scale, allowed)
 
-  _run_tile(n < kv_count_ref[row], i, kv_index_ref[row * lists.num_k_blocks + n], lists,
-            step, same_segment=_same_segment(seg_refs))
+  entry = row * lists.num_k_blocks + n
+  _run_tile(n < kv_count_ref[row], i, kv_index_ref[entry], lists, step,
+            same_segment=_same_segment(seg_refs),
+            bits=None if kv_bits_ref is None else kv_bits_ref[entry])
 
   @pl.when(n == lists.kv_steps - 1)
   def _finalize():
@@ -58,6 +62,7 @@ def _dq_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented, skipp
 
 def _dkv_kernel(q_index_ref, q_count_ref, *refs, lists, scale, num_groups,
                 segmented, skipped):
+  q_bits_ref, refs = _split_bits(refs, lists.q_bits)
   seg_refs, refs = _split_segments(refs, segmented)
   if skipped:
     q_ref, lse_ref, delta_ref, k_ref, dk_ref, dk_scr = refs
@@ -83,8 +88,10 @@ def _dkv_kernel(q_index_ref, q_count_ref, *refs, lists, scale, num_groups,
         q_ref[...], k_ref[...], v_ref[...], do_ref[...], lse_ref[...], delta_ref[...],
         dk_scr[...], dv_scr[...], scale, allowed)
 
-  _run_tile(n < q_count_ref[row], q_index_ref[row * lists.num_q_blocks + n], j, lists,
-            step, keys_major=True, same_segment=_same_segment(seg_refs))
+  entry = row * lists.num_q_blocks + n
+  _run_tile(n < q_count_ref[row], q_index_ref[entry], j, lists, step, keys_major=True,
+            same_segment=_same_segment(seg_refs),
+            bits=None if q_bits_ref is None else q_bits_ref[entry])
 
   @pl.when(jnp.logical_and(r == num_groups - 1, n == lists.q_steps - 1))
   def _finalize():
@@ -125,11 +132,12 @@ def _dq_call(q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L, lists, *,
   # A skipped tile's dS needs neither v nor dO: they are not even fetched.
   specs = ([q_spec, kv_spec] if skipped else [q_spec, kv_spec, kv_spec, q_spec])
   inputs = ([q_BHLK, k_BGLK] if skipped else [q_BHLK, k_BGLK, v_BGLK, do_BHLK])
+  scalars = _scalar_lists(lists.kv_index, lists.kv_count, lists.kv_bits)
   return pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct(q_BHLK.shape, out_dtype or q_BHLK.dtype),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2,
+          num_scalar_prefetch=len(scalars),
           grid=(q_BHLK.shape[0], num_heads, lists.num_q_blocks, lists.kv_steps),
           in_specs=[*seg_specs, *specs, stat_spec, stat_spec],
           out_specs=q_spec,
@@ -138,7 +146,7 @@ def _dq_call(q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L, lists, *,
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=interpret,
       name="block_sparse_flash_dq_skipped" if skipped else "block_sparse_flash_dq",
-  )(lists.kv_index, lists.kv_count, *seg_args, *inputs, lse_BH1L, delta_BH1L)
+  )(*scalars, *seg_args, *inputs, lse_BH1L, delta_BH1L)
 
 
 def _k_major_specs(lists, num_groups, head_dim, segmented):
@@ -150,22 +158,22 @@ def _k_major_specs(lists, num_groups, head_dim, segmented):
     h = g * num_groups + r
     return h, q_index_ref[lists.q_row(b, h, j) * stride + n]
 
-  def q_map(b, g, j, r, n, q_index_ref, q_count_ref):
+  def q_map(b, g, j, r, n, q_index_ref, *_):
     h, i = q_block(b, g, j, r, n, q_index_ref)
     return (b, h, i, 0)
 
-  def stat_map(b, g, j, r, n, q_index_ref, q_count_ref):
+  def stat_map(b, g, j, r, n, q_index_ref, *_):
     h, i = q_block(b, g, j, r, n, q_index_ref)
     return (b, h, 0, i)
 
-  def kv_map(b, g, j, r, n, q_index_ref, q_count_ref):
+  def kv_map(b, g, j, r, n, q_index_ref, *_):
     return (b, g, j, 0)
 
   # Keys are the tile's rows here: key ids as columns, query ids as a row.
-  def seg_col_map(b, g, j, r, n, q_index_ref, q_count_ref):
+  def seg_col_map(b, g, j, r, n, q_index_ref, *_):
     return (b, j, 0)
 
-  def seg_row_map(b, g, j, r, n, q_index_ref, q_count_ref):
+  def seg_row_map(b, g, j, r, n, q_index_ref, *_):
     return (b, 0, q_block(b, g, j, r, n, q_index_ref)[1])
 
   seg_specs = ([pl.BlockSpec((None, bk, LANES), seg_col_map),
@@ -196,11 +204,12 @@ def _dkv_call(q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L, lists, *,
   else:
     specs = [q_spec, q_spec, stat_spec, stat_spec, kv_spec, kv_spec]
     inputs = [q_BHLK, do_BHLK, lse_BH1L, delta_BH1L, k_BGLK, v_BGLK]
+  scalars = _scalar_lists(lists.q_index, lists.q_count, lists.q_bits)
   return pl.pallas_call(
       kernel,
       out_shape=[jax.ShapeDtypeStruct(x.shape, out_dtype or x.dtype) for x in outputs],
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2,
+          num_scalar_prefetch=len(scalars),
           grid=(batch, num_kv_heads, lists.num_k_blocks, num_groups, lists.q_steps),
           in_specs=[*seg_specs, *specs],
           out_specs=[kv_spec] * len(outputs),
@@ -210,4 +219,4 @@ def _dkv_call(q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L, lists, *,
                                "arbitrary")),
       interpret=interpret,
       name="block_sparse_flash_dk_skipped" if skipped else "block_sparse_flash_dkv",
-  )(lists.q_index, lists.q_count, *seg_args, *inputs)
+  )(*scalars, *seg_args, *inputs)

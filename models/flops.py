@@ -23,7 +23,8 @@ recomputation in the backward (remat, a flash kernel's second look at P) not cou
               stage-2 skips are not credited); a linear layer counts its recurrent
               form, the state read phi(q) S and update phi(k)^T v, 4 F V' per head
               (F the feature map's width, K(K+1)/2 for squared; V' = K + 1 with
-              the normaliser's ones column), whatever chunking the impl uses.
+              the normaliser, one more accumulated sum per token, as a value column
+              would be), whatever chunking the impl uses.
 
 MFU = chinchilla FLOPs per step / (seconds per step x peak FLOP/s) (`mfu`).
 

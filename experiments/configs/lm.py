@@ -89,6 +89,12 @@ def _attention():
   c.estimator = "static"    # block_sparse: static | sparge
   c.block_q = 128           # compiled TPU blocks: multiples of 128 (or the whole length)
   c.block_k = 128
+  # Pallas compute tiles apart from the mask blocks: multiples or divisors of them
+  # (e.g. 64-blocks in 128-tiles on TPU); None: the blocks (backward: the forward's).
+  c.fwd_block_q = placeholder(int)
+  c.fwd_block_k = placeholder(int)
+  c.bwd_block_q = placeholder(int)
+  c.bwd_block_k = placeholder(int)
   c.window_blocks = placeholder(int)
   c.sink_blocks = placeholder(int)
   c.topk = placeholder(float)

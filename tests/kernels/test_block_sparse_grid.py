@@ -97,7 +97,7 @@ def test_flash_backward_tiles_on_tpu():
 
 def test_backward_tiles_must_divide_the_blocks():
   q = jnp.zeros((1, 64, 1, 16))
-  with pytest.raises(ValueError, match=r"bwd_block_q 24 must divide the block 32"):
+  with pytest.raises(ValueError, match=r"bwd_block_q 24 must be a multiple or a divisor of the block 32"):
     flash_attention(q, q, q, block_q=32, block_k=32, bwd_block_q=24, interpret=True)
 
 
