@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels import (block_mask_lib, flash_lists, pv_skip, sparse_flash_gpu,
-                     sparse_flash_tpu, sparse_flash_tpu_bwd)
+from kernels import (block_mask_lib, flash_lists, fused_bwd_gpu, fused_bwd_tpu, pv_skip,
+                     sparse_flash_gpu, sparse_flash_tpu, sparse_flash_tpu_bwd)
 from kernels.block_mask_lib import BlockMask
 from kernels.platform import resolve_platform
 
@@ -43,6 +43,8 @@ _BACKENDS = {
                                  backward=sparse_flash_tpu_bwd.backward),
     "cuda": sparse_flash_gpu,
 }
+# fused_bwd=True: one backward kernel per key block (FlashAttention-2's 5 matmuls a tile).
+_FUSED_BACKWARD = {"tpu": fused_bwd_tpu.backward, "cuda": fused_bwd_gpu.backward}
 
 
 def valid_blocks(seq_len, platform, interpret):
@@ -101,11 +103,12 @@ def check_segment_ids(segment_ids_BL, q_BLHK):
 # Segment ids (an int array or None) are a non-differentiable input like the lists.
 # fwd_tiles / bwd_tiles: static (tile_q, tile_k) of the forward and backward
 # kernels; the lists are retiled to them (kernels.flash_lists.retile).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+# fused_bwd: static bool, the backward is the fused kernel (_FUSED_BACKWARD).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
 def _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret,
-                  bwd_tiles, fwd_tiles):
+                  bwd_tiles, fwd_tiles, fused_bwd):
   return _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                           interpret, bwd_tiles, fwd_tiles)[0]
+                           interpret, bwd_tiles, fwd_tiles, fused_bwd)[0]
 
 
 def _segment_kwargs(segment_ids_BL):
@@ -114,7 +117,7 @@ def _segment_kwargs(segment_ids_BL):
 
 
 def _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                      interpret, bwd_tiles, fwd_tiles):
+                      interpret, bwd_tiles, fwd_tiles, fused_bwd):
   tile_lists = flash_lists.retile(lists, *fwd_tiles, segmented=segment_ids_BL is not None)
   o_BLHK, lse = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, tile_lists,
                                             **_segment_kwargs(segment_ids_BL),
@@ -122,13 +125,14 @@ def _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
   return o_BLHK, (q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL)
 
 
-def _sparse_flash_bwd(platform, interpret, bwd_tiles, fwd_tiles, residuals, do_BLHK):
+def _sparse_flash_bwd(platform, interpret, bwd_tiles, fwd_tiles, fused_bwd, residuals,
+                      do_BLHK):
   del fwd_tiles  # the lse residual does not depend on the forward's tiles
   q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL = residuals
   tile_lists = flash_lists.retile(lists, *bwd_tiles, segmented=segment_ids_BL is not None)
-  dq, dk, dv = _BACKENDS[platform].backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse,
-                                            do_BLHK, tile_lists, interpret=interpret,
-                                            **_segment_kwargs(segment_ids_BL))
+  backward = _FUSED_BACKWARD[platform] if fused_bwd else _BACKENDS[platform].backward
+  dq, dk, dv = backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, do_BLHK, tile_lists,
+                        interpret=interpret, **_segment_kwargs(segment_ids_BL))
   no_grad = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0),
                          (lists, segment_ids_BL))
   return dq, dk, dv, *no_grad
@@ -216,7 +220,8 @@ def _check_tpu_list_bytes(rows, seq_len, tiles, bits, platform, interpret, what)
 
 def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
               segment_ids_BL=None, pv_threshold=None, return_skipped=False,
-              fwd_block_q=None, fwd_block_k=None, bwd_block_q=None, bwd_block_k=None):
+              fwd_block_q=None, fwd_block_k=None, bwd_block_q=None, bwd_block_k=None,
+              fused_bwd=False):
   """Differentiable block-sparse flash attention over prepared SparseLists.
 
   segment_ids_BL (int [B, L] or None): mask every computed tile by segment id.
@@ -231,6 +236,11 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
   the forward's). Each is a multiple or a divisor of its block (larger tiles
   mask the blocks inside). Stage 2's skip rule is per mask block, so with
   pv_threshold the forward's tiles are the blocks.
+  fused_bwd: one backward kernel that computes P and dS once per tile
+  (kernels.fused_bwd_gpu / fused_bwd_tpu) instead of the dq and dk/dv kernels;
+  opt-in, as its GPU dq sums by atomics in a varying order and its TPU dq
+  partials take up to nK x dq in float32. Stage 2 (pv_threshold) keeps the
+  two-kernel backward.
   """
   pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
   if pv_threshold == -math.inf:
@@ -262,7 +272,7 @@ def run_lists(q_BLHK, k_BLGK, v_BLGK, lists, *, platform, interpret,
     segment_ids_BL = jax.lax.stop_gradient(segment_ids_BL).astype(jnp.int32)
   if pv_threshold is None:
     o_BLHK = _sparse_flash(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
-                           interpret, bwd_tiles, fwd_tiles)
+                           interpret, bwd_tiles, fwd_tiles, bool(fused_bwd))
     if not return_skipped:
       return o_BLHK
     batch, _, num_heads, _ = q_BLHK.shape
@@ -293,7 +303,7 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
                            causal=True, segment_ids_BL=None, pv_threshold=None,
                            return_skipped=False, max_blocks=None, fwd_block_q=None,
                            fwd_block_k=None, bwd_block_q=None, bwd_block_k=None,
-                           interpret=None, platform=None):
+                           fused_bwd=False, interpret=None, platform=None):
   """Attention restricted to the tiles block_mask keeps (and causal); o_BLHK.
 
   Query rows that see no key (an empty mask row) return zeros. Block sizes come
@@ -313,6 +323,7 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
   makes that a no-op.
   fwd_block_q / fwd_block_k, bwd_block_q / bwd_block_k: the kernels' compute
   tiles (see run_lists); the blocks then need only divide seq_len.
+  fused_bwd: the fused backward kernel (see run_lists).
   platform / interpret: see kernels.platform ("tpu" | "cuda"; None = from the backend).
   """
   platform, interpret = resolve_platform(platform, interpret)
@@ -341,7 +352,7 @@ def block_sparse_attention(q_BLHK, k_BLGK, v_BLGK, block_mask: BlockMask, *,
                    interpret=interpret, segment_ids_BL=segment_ids_BL,
                    pv_threshold=pv_threshold, return_skipped=return_skipped,
                    fwd_block_q=fwd_block_q, fwd_block_k=fwd_block_k,
-                   bwd_block_q=bwd_block_q, bwd_block_k=bwd_block_k)
+                   bwd_block_q=bwd_block_q, bwd_block_k=bwd_block_k, fused_bwd=fused_bwd)
 
 
 def first_blocks(block_mask, max_blocks, causal):

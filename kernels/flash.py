@@ -15,7 +15,7 @@ from kernels.platform import resolve_platform
 
 def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
                     block_q=128, block_k=128, bwd_block_q=None, bwd_block_k=None,
-                    interpret=None, platform=None):
+                    fused_bwd=False, interpret=None, platform=None):
   """Softmax attention via Pallas flash kernels; q [B, L, H, K], k/v [B, L, G, K].
 
   segment_ids_BL (int [B, L], optional): query i sees key j only if their ids
@@ -24,6 +24,7 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
   >= 16 where the kernel tiling needs one), and a length the blocks do not
   divide is padded and masked (kernels.padding). bwd_block_q / bwd_block_k
   (None: the forward's): the backward kernels' tiles, dividing the blocks.
+  fused_bwd: one fused backward kernel instead of dq and dk/dv (block_sparse.run_lists).
   interpret=None interprets on a
   CPU backend; platform ("tpu" | "cuda" | None = from the backend) picks the
   kernel variant.
@@ -43,8 +44,8 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
                                       own_segment=own_segment)
     o_BLHK = flash_attention(q, k, v, causal=causal, segment_ids_BL=seg, block_q=block_q,
                              block_k=block_k, bwd_block_q=bwd_block_q,
-                             bwd_block_k=bwd_block_k, interpret=interpret,
-                             platform=platform)
+                             bwd_block_k=bwd_block_k, fused_bwd=fused_bwd,
+                             interpret=interpret, platform=platform)
     return o_BLHK[:, :seq_len]
   block_sparse.check_inputs(q_BLHK, k_BLGK, v_BLGK, block_q, block_k, platform,
                             interpret)
@@ -57,7 +58,8 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
     lists = flash_lists.from_block_mask(block_mask, causal=causal, segmented=True)
   return block_sparse.run_lists(q_BLHK, k_BLGK, v_BLGK, lists, platform=platform,
                                 interpret=interpret, segment_ids_BL=segment_ids_BL,
-                                bwd_block_q=bwd_block_q, bwd_block_k=bwd_block_k)
+                                bwd_block_q=bwd_block_q, bwd_block_k=bwd_block_k,
+                                fused_bwd=fused_bwd)
 
 
 def _fit_block(block, seq_len, platform, interpret):
