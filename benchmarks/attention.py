@@ -13,6 +13,9 @@ density-scaled). Backward = 2x forward FLOPs (models.flops' training = 3x forwar
 recomputation not credited). Sparse kinds run at each --densities target (sparge
 topk / prism max_blocks; the measured density is printed): `est ms` is the block
 estimator alone, `fwd ms` the kernel on its mask, `fwd+est` both in one program.
+--fused_bwd=on adds a dense Pallas row
+whose backward is the fused kernel (kernels.fused_bwd_*: one pass computing P and
+dS once), beside the default two-kernel backward's row.
 Baselines: jax.nn.dot_product_attention (xla, cudnn) and the Pallas kernels that
 ship with JAX (benchmarks/attention_baselines.py); a baseline the backend lacks is
 a row with the reason. Defaults: on GPU/TPU L 4k..32k, head_dim 64 and 128, MHA
@@ -36,6 +39,7 @@ import ml_collections  # noqa: E402
 
 import attention_baselines  # noqa: E402
 from kernels import attention, kinds  # noqa: E402
+from kernels.flash import flash_attention  # noqa: E402
 from models import flops as model_flops  # noqa: E402
 
 ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
@@ -46,6 +50,7 @@ DEFAULTS = {
                 dtype="float32", densities="0.25,0.5", xla_max_len=4096),
 }
 BLOCK = 128
+FUSED_CASE = "full, fused bwd"
 COLUMNS = [("L", 6), ("K", 4), ("H/G", 6), ("kind", 13), ("impl", 8), ("case", 30),
            ("density", 8), ("est ms", 8), ("fwd ms", 9), ("fwd+est", 9), ("bwd ms", 9),
            ("fwd TF/s", 9), ("bwd TF/s", 9), ("note", 0)]
@@ -110,8 +115,9 @@ def sparse_params(kind, length, density):
   return dict(topp=0.99, max_blocks=max(1, round(density * (blocks + 1) / 2)))
 
 
-def cases(kind_names, impls, densities):
-  """(kind, impl, label, params or density target) rows for the registered kinds."""
+def cases(kind_names, impls, densities, fused_bwd=False):
+  """(kind, impl, label, params or density target) rows for the registered kinds;
+  fused_bwd: also dense Pallas with the fused backward (label FUSED_CASE)."""
   rows = []
   for kind in kind_names:
     spec = kinds.get(kind)
@@ -120,6 +126,8 @@ def cases(kind_names, impls, densities):
         continue
       if spec.estimate is None:
         rows.append((kind, impl, "full", None))
+        if fused_bwd and kind == "dense" and impl == "pallas":
+          rows.append((kind, impl, FUSED_CASE, None))
       else:
         rows += [(kind, impl, f"target density {d:g}", d) for d in densities]
   return rows
@@ -129,13 +137,16 @@ def _tflops(flop, seconds):
   return flop / seconds / 1e12 if seconds else float("nan")
 
 
-def run_case(kind, impl, target, q, k, v, do, repeats, convention):
+def run_case(kind, impl, target, q, k, v, do, repeats, convention, fused_bwd=False):
   shape = (*q.shape[:3], k.shape[2], q.shape[3])
   spec = kinds.get(kind)
   row = dict(kind=kind, impl=impl, case="full" if target is None else f"target {target:g}",
              density=1.0, est_ms=None, fwd_est_ms=None)
   params = {} if target is None else sparse_params(kind, q.shape[1], target)
-  if spec.estimate is None:
+  if fused_bwd:  # the dense kind's Pallas call (kernels.dispatch) with the fused backward
+    row["case"] = FUSED_CASE
+    fn = lambda q, k, v: flash_attention(q, k, v, causal=True, fused_bwd=True)
+  elif spec.estimate is None:
     fn = lambda q, k, v: attention(q, k, v, kind=kind, impl=impl, **params)
   else:
     estimate = spec.estimate_fn()
@@ -229,6 +240,8 @@ def parse_args(argv):
   parser.add_argument("--pallas", default="auto", choices=("auto", "on", "off"),
                       help="auto: Pallas rows only on GPU/TPU (interpreted on CPU)")
   parser.add_argument("--densities", help="sparse kinds' target densities")
+  parser.add_argument("--fused_bwd", default="on", choices=("on", "off"),
+                      help="with Pallas rows: also dense Pallas with the fused backward")
   parser.add_argument("--baselines", default="on", choices=("on", "off"))
   parser.add_argument("--convention", default="executed", choices=model_flops.CONVENTIONS)
   parser.add_argument("--xla_max_len", type=int, help="longest L for the xla rows")
@@ -263,7 +276,8 @@ def main(argv=None):
   if args.pallas == "off" or (args.pallas == "auto" and not on_accelerator):
     impls = [i for i in impls if i != "pallas"]
   densities = [float(x) for x in args.densities.split(",") if x]
-  case_list = cases([k for k in args.kinds.split(",") if k], impls, densities)
+  case_list = cases([k for k in args.kinds.split(",") if k], impls, densities,
+                    fused_bwd=args.fused_bwd == "on")
   dtype = jnp.dtype(args.dtype)
   header = (f"backend={backend} ({jax.devices()[0].device_kind}) jax={jax.__version__} "
             f"batch={args.batch} dtype={args.dtype} causal block={BLOCK} "
@@ -290,7 +304,8 @@ def main(argv=None):
       else:
         try:
           row = dict(base, **(
-              run_case(item[0], item[1], item[3], q, k, v, do, args.repeats, args.convention)
+              run_case(item[0], item[1], item[3], q, k, v, do, args.repeats, args.convention,
+                       fused_bwd=item[2] == FUSED_CASE)
               if what == "case" else
               run_baseline(item, q, k, v, do, args.repeats, args.convention)))
         except Exception as e:  # noqa: BLE001  an OOM or unsupported shape is one row
