@@ -13,9 +13,9 @@ density-scaled). Backward = 2x forward FLOPs (models.flops' training = 3x forwar
 recomputation not credited). Sparse kinds run at each --densities target (sparge
 topk / prism max_blocks; the measured density is printed): `est ms` is the block
 estimator alone, `fwd ms` the kernel on its mask, `fwd+est` both in one program.
---fused_bwd=on adds a dense Pallas row
-whose backward is the fused kernel (kernels.fused_bwd_*: one pass computing P and
-dS once), beside the default two-kernel backward's row.
+--fused_bwd=on (the default) adds a dense Pallas row whose backward is the fused
+kernel (kernels.fused_bwd_*: P and dS computed once per tile), beside the default
+two-kernel backward's row.
 Baselines: jax.nn.dot_product_attention (xla, cudnn) and the Pallas kernels that
 ship with JAX (benchmarks/attention_baselines.py); a baseline the backend lacks is
 a row with the reason. Defaults: on GPU/TPU L 4k..32k, head_dim 64 and 128, MHA
