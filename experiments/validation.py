@@ -124,6 +124,8 @@ def _check_tiles(cfg):
   """Compute tiles: each a multiple or a divisor of its block; stage 2's forward
   runs on the blocks (its skip rule is per block)."""
   a = cfg.attention
+  if not isinstance(a.get("fused_bwd", False), bool):
+    raise ValueError(f"attention.fused_bwd {a.fused_bwd!r} must be True or False.")
   for side in ("q", "k"):
     block = a[f"block_{side}"]
     for key in (f"fwd_block_{side}", f"bwd_block_{side}"):

@@ -86,7 +86,7 @@ def _same(ref):
 
 register(KindSpec(
     "dense", impls=_same("kernels.dispatch:dense_attention"), flops=dense_flops,
-    segments=True))
+    params={"fused_bwd": False}, segments=True))
 register(KindSpec(
     "block_sparse", impls=_same("kernels.sparse:block_sparse"), flops=sparse_flops,
     params={"estimator": "static", **estimator_params("static", "sparge")},

@@ -12,16 +12,18 @@ from kernels.flash import flash_attention
 IMPLS = ("auto",) + kinds.IMPLS
 
 
-def dense_attention(q, k, v, *, impl, causal, segment_ids_BL=None):
-  """The implementations of kind 'dense'."""
+def dense_attention(q, k, v, *, impl, causal, segment_ids_BL=None, fused_bwd=False):
+  """The implementations of kind 'dense'. fused_bwd: the Pallas kernel's one-kernel
+  backward (kernels.fused_bwd_gpu / _tpu); the other impls ignore it."""
   if impl == "reference":
     mask = None if segment_ids_BL is None else block_mask_lib.segment_mask_tokens(segment_ids_BL)
     return dense.reference_attention(q, k, v, causal=causal, mask_BHQK=mask)
   if impl == "xla":
     return dense.xla_attention(q, k, v, causal=causal, segment_ids_BL=segment_ids_BL)
+  options = {"fused_bwd": True} if fused_bwd else {}
   if segment_ids_BL is None:  # the kernel call of every earlier run, unchanged
-    return flash_attention(q, k, v, causal=causal)
-  return flash_attention(q, k, v, causal=causal, segment_ids_BL=segment_ids_BL)
+    return flash_attention(q, k, v, causal=causal, **options)
+  return flash_attention(q, k, v, causal=causal, segment_ids_BL=segment_ids_BL, **options)
 
 
 def resolve_impl(impl, kind):

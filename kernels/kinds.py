@@ -32,6 +32,9 @@ BLOCK_PARAMS = {"block_q": 128, "block_k": 128}
 # (None: the block; the backward's None: the forward's); other impls ignore them.
 TILE_PARAMS = {"fwd_block_q": None, "fwd_block_k": None, "bwd_block_q": None,
                "bwd_block_k": None}
+# Options of the flash kernels (Pallas only; other impls ignore them): the tiles, and
+# fused_bwd, FlashAttention-2's one-kernel backward (kernels.fused_bwd_gpu / _tpu).
+FLASH_PARAMS = {**TILE_PARAMS, "fused_bwd": False}
 # SpargeAttn's stage 2 (kernels.pv_skip), taken by every block kind: skip a kept
 # tile's P.V when its scores sit more than -pv_threshold below the running max.
 STAGE2_PARAMS = {"pv_threshold": None}
@@ -39,7 +42,7 @@ STAGE2_PARAMS = {"pv_threshold": None}
 
 def estimator_params(*estimators):
   """Block sizes, stage 2 and every parameter of these estimators, with defaults."""
-  params = {**BLOCK_PARAMS, **TILE_PARAMS, **STAGE2_PARAMS}
+  params = {**BLOCK_PARAMS, **FLASH_PARAMS, **STAGE2_PARAMS}
   for name in estimators:
     params.update({k: v for k, v in ESTIMATOR_PARAMS[name].items() if k not in params})
   return params

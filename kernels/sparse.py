@@ -16,7 +16,8 @@ Implementations:
              dense computation instead.
   pallas     kernels.block_sparse.block_sparse_attention (the block-sparse flash kernel);
              fwd_block_q/fwd_block_k/bwd_block_q/bwd_block_k set its compute tiles
-             apart from the mask's blocks (kinds.TILE_PARAMS; the others ignore them).
+             apart from the mask's blocks and fused_bwd its one-kernel backward
+             (kinds.FLASH_PARAMS; the other impls ignore them).
 
 Estimated once: a model layer calls its kind's `estimate` (estimate_block_sparse,
 estimate_spectral), logs the density (kept fraction of causally reachable blocks)
@@ -199,7 +200,9 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
                       segment_ids_BL=None, pv_threshold=None, return_skipped=False,
                       **params):
   _check_geometry(q, k, block_q, block_k)
-  tiles = {n: params.pop(n) for n in kinds.TILE_PARAMS if params.get(n) is not None}
+  flash = {n: params.pop(n) for n in kinds.FLASH_PARAMS if n in params}
+  flash = {n: v for n, v in flash.items() if v not in (None, False)} if impl == "pallas" else {}
+  tiles = [flash[n] for n in kinds.TILE_PARAMS if n in flash]
   if impl not in ("pallas", "xla", "reference"):
     raise ValueError(f"block-sparse attention has impls 'pallas', 'xla', 'reference'; got {impl!r}.")
   pv_threshold = pv_skip.check_pv_threshold(pv_threshold)
@@ -220,9 +223,8 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
   run = functools.partial(_run_mask, impl=impl, is_static=is_static, estimator=estimator,
                           block_q=block_q, block_k=block_k, causal=causal,
                           pv_threshold=pv_threshold, return_skipped=return_skipped,
-                          params=params, tiles=tiles if impl == "pallas" else {})
-  padded = padding.padded_length(length, block_q, block_k,
-                                 *(tiles.values() if impl == "pallas" else ()))
+                          params=params, flash=flash)
+  padded = padding.padded_length(length, block_q, block_k, *tiles)
   if padded == length:
     return run(q, k, v, mask, segment_ids_BL)
   # Ragged length: the mask was chosen on the real tokens; run on the padded ones.
@@ -237,7 +239,7 @@ def _sparse_attention(q, k, v, *, impl, causal, estimator, block_q, block_k, mas
 
 
 def _run_mask(q, k, v, mask, segment_ids_BL, *, impl, is_static, estimator, block_q,
-              block_k, causal, pv_threshold, return_skipped, params, tiles):
+              block_k, causal, pv_threshold, return_skipped, params, flash):
   """Runs `impl` on a block mask whose blocks tile q's length exactly."""
   seg = {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
   stage2 = {} if pv_threshold is None else {"pv_threshold": pv_threshold}
@@ -251,7 +253,7 @@ def _run_mask(q, k, v, mask, segment_ids_BL, *, impl, is_static, estimator, bloc
     # The estimator's static bound shrinks the TPU grid to the kept blocks (splash).
     shrink = {"max_blocks": bound} if bound < mask.shape[-1] else {}
     return block_sparse_attention(q, k, v, lists, causal=causal, **seg, **stage2, **shrink,
-                                  **tiles)
+                                  **flash)
   if impl == "reference" or bound >= mask.shape[-1]:
     return _masked_dense(q, k, v, mask, block_q, block_k, causal, segment_ids_BL,
                          pv_threshold, return_skipped)
@@ -295,7 +297,7 @@ def spectral(q, k, v, *, impl, causal, block_q=128, block_k=128, **params):
 
 def _estimate_once(q, k, causal, estimator, params, segment_ids_BL):
   mask_params = {n: v for n, v in params.items()
-                 if n not in kinds.STAGE2_PARAMS and n not in kinds.TILE_PARAMS}
+                 if n not in kinds.STAGE2_PARAMS and n not in kinds.FLASH_PARAMS}
   mask = block_mask(q, k, estimator=estimator, causal=causal, segment_ids_BL=segment_ids_BL,
                     **mask_params)
   if estimator == "static" and segment_ids_BL is None:

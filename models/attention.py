@@ -29,7 +29,7 @@ def kind_params(attn_cfg, kind):
   if spec.estimators:
     chosen = attn_cfg.get("estimator") if len(spec.estimators) > 1 else None
     estimator = chosen or spec.estimators[0]
-    own = ("estimator", *kinds.BLOCK_PARAMS, *kinds.TILE_PARAMS, *kinds.STAGE2_PARAMS,
+    own = ("estimator", *kinds.BLOCK_PARAMS, *kinds.FLASH_PARAMS, *kinds.STAGE2_PARAMS,
            *kinds.ESTIMATOR_PARAMS.get(estimator, ()))
     keys = [k for k in keys if k in own]
   return {key: attn_cfg[key] for key in keys if key in attn_cfg and attn_cfg[key] is not None}

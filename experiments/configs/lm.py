@@ -95,6 +95,8 @@ def _attention():
   c.fwd_block_k = placeholder(int)
   c.bwd_block_q = placeholder(int)
   c.bwd_block_k = placeholder(int)
+  c.fused_bwd = False       # pallas: FlashAttention-2's one-kernel backward (5 matmuls a
+                            # tile, not 7; GPU atomics, TPU an nK x dq float32 buffer)
   c.window_blocks = placeholder(int)
   c.sink_blocks = placeholder(int)
   c.topk = placeholder(float)

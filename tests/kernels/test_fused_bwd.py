@@ -188,3 +188,43 @@ def test_stage2_keeps_the_two_kernel_backward(platform):
 
   counts = [_export(grad(f), platform, q).count(CUSTOM_CALL[platform]) for f in (0, 1)]
   assert counts[0] == counts[1] == 5, counts  # forward, 2 x (dq, dk/dv)
+
+
+def pallas_names(fn, *args):
+  """The names of the pallas_calls in fn's jaxpr (forward and backward)."""
+  names = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "pallas_call":
+        names.append(str(eqn.params["name"]).split()[0])
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          sub = getattr(sub, "jaxpr", sub)
+          if hasattr(sub, "eqns"):
+            walk(sub)
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return names
+
+
+@pytest.mark.parametrize("kind,params", [
+    ("dense", {}), ("block_sparse", dict(window_blocks=2, block_q=16, block_k=16))])
+def test_the_dispatch_and_the_config_reach_the_fused_kernel(kind, params):
+  """kernels.attention's fused_bwd (the config's attention.fused_bwd, passed by
+  models.attention.kind_params) swaps the dq and dk/dv kernels for the fused one."""
+  from experiments.configs import lm
+  from kernels.dispatch import attention
+  from models.attention import kind_params
+  attn_cfg = lm.get_config().attention
+  assert kind_params(attn_cfg, kind)["fused_bwd"] is False
+  attn_cfg.fused_bwd = True
+  fused = kind_params(attn_cfg, kind)["fused_bwd"]
+  q = jnp.ones((1, 64, 2, 16))
+  names = {
+      flag: pallas_names(jax.grad(lambda q: jnp.sum(attention(
+          q, q[:, :, :1], q[:, :, :1], kind=kind, impl="pallas", fused_bwd=flag,
+          **params))), q)
+      for flag in (False, fused)}
+  assert names[False] == ["block_sparse_flash_fwd", "block_sparse_flash_dq",
+                          "block_sparse_flash_dkv"]
+  assert names[True] == ["block_sparse_flash_fwd", "block_sparse_flash_fused_bwd"]
