@@ -17,7 +17,8 @@ or crashing kernel costs one stage, not the suite):
   bench_dense   benchmarks/attention.py: dense kinds and baselines (cuDNN, the Pallas
                 ops shipped with JAX), L 4k..32k, head_dim 64/128, MHA and GQA 4
   bench_sparse  benchmarks/attention.py: sparse kinds against density (estimator
-                time separate) and linear attention, L 8k and 32k
+                time separate; also 64-blocks in 128-tiles) and linear attention,
+                L 8k and 32k
 Everything lands in --out: <stage>.md, <stage>.json, <stage>.log, summary.md and
 summary.json. --smoke runs the same stages at toy sizes (interpreted on CPU) to
 check the plumbing; its numbers mean nothing.
@@ -47,7 +48,8 @@ FULL = dict(
                  "--gqa=1,4", "--heads=16", "--dtype=bfloat16", "--repeats=5"],
     bench_sparse=["--kinds=SPARSE", "--baselines=off", "--lengths=8192,32768",
                   "--head_dims=128", "--gqa=4", "--heads=16",
-                  "--dtype=bfloat16", "--densities=0.05,0.1,0.2,0.4", "--repeats=5"],
+                  "--dtype=bfloat16", "--densities=0.05,0.1,0.2,0.4", "--repeats=5",
+                  "--mask_block=64"],
 )
 SMOKE = dict(
     compile=dict(lengths=[77], dtypes=["float32"], head_dim=64),

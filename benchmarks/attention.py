@@ -15,7 +15,9 @@ topk / prism max_blocks; the measured density is printed): `est ms` is the block
 estimator alone, `fwd ms` the kernel on its mask, `fwd+est` both in one program.
 --fused_bwd=on (the default) adds a dense Pallas row whose backward is the fused
 kernel (kernels.fused_bwd_*: P and dS computed once per tile), beside the default
-two-kernel backward's row.
+two-kernel backward's row. --mask_block=64 adds, per sparse Pallas row, the same
+target at 64-blocks computed in 128-tiles (kernels.flash_lists.retile: finer masks,
+TPU-valid tiles); its note gives the share of reachable 128-tiles the kernel visits.
 Baselines: jax.nn.dot_product_attention (xla, cudnn) and the Pallas kernels that
 ship with JAX (benchmarks/attention_baselines.py); a baseline the backend lacks is
 a row with the reason. Defaults: on GPU/TPU L 4k..32k, head_dim 64 and 128, MHA
@@ -106,18 +108,19 @@ def forward_flops(kind, impl, shape, params, density, convention):
   return per_token * batch * length
 
 
-def sparse_params(kind, length, density):
+def sparse_params(kind, length, density, block=BLOCK):
   """Estimator params aiming at `density` of the reachable causal blocks."""
-  blocks = math.ceil(length / BLOCK)
+  blocks = math.ceil(length / block)
   if kind == "block_sparse":
     return dict(estimator="sparge", topk=density)
   # prism keeps up to max_blocks per query row; a causal row reaches ~nK/2 on average.
   return dict(topp=0.99, max_blocks=max(1, round(density * (blocks + 1) / 2)))
 
 
-def cases(kind_names, impls, densities, fused_bwd=False):
-  """(kind, impl, label, params or density target) rows for the registered kinds;
-  fused_bwd: also dense Pallas with the fused backward (label FUSED_CASE)."""
+def cases(kind_names, impls, densities, fused_bwd=False, mask_block=None):
+  """(kind, impl, label, density target or None, mask block or None) rows for the
+  registered kinds; fused_bwd: also dense Pallas with the fused backward (label
+  FUSED_CASE); mask_block: also sparse Pallas at that block in BLOCK-tiles."""
   rows = []
   for kind in kind_names:
     spec = kinds.get(kind)
@@ -125,24 +128,46 @@ def cases(kind_names, impls, densities, fused_bwd=False):
       if impl not in spec.impls:
         continue
       if spec.estimate is None:
-        rows.append((kind, impl, "full", None))
+        rows.append((kind, impl, "full", None, None))
         if fused_bwd and kind == "dense" and impl == "pallas":
-          rows.append((kind, impl, FUSED_CASE, None))
+          rows.append((kind, impl, FUSED_CASE, None, None))
       else:
-        rows += [(kind, impl, f"target density {d:g}", d) for d in densities]
+        for d in densities:
+          rows.append((kind, impl, f"target density {d:g}", d, None))
+          if mask_block and impl == "pallas":
+            rows.append((kind, impl, f"target density {d:g}, {mask_block}-blocks", d,
+                         mask_block))
   return rows
+
+
+def tile_note(mask_BHQK, block):
+  """The share of reachable BLOCK-tiles that hold a kept block-sized block."""
+  import numpy as np
+  from kernels import estimators
+  mask = np.asarray(mask_BHQK)
+  group = BLOCK // block
+  *lead, num_q, num_k = mask.shape
+  tiles = mask.reshape(*lead, num_q // group, group, num_k // group, group).any(axis=(-3, -1))
+  reachable = np.asarray(estimators.reachable_blocks(num_q // group, num_k // group, BLOCK,
+                                                     BLOCK, True))
+  return f"{BLOCK}-tiles visited: {tiles.sum() / (reachable.sum() * np.prod(lead)):.3f}"
 
 
 def _tflops(flop, seconds):
   return flop / seconds / 1e12 if seconds else float("nan")
 
 
-def run_case(kind, impl, target, q, k, v, do, repeats, convention, fused_bwd=False):
+def run_case(kind, impl, target, q, k, v, do, repeats, convention, fused_bwd=False,
+             mask_block=None):
   shape = (*q.shape[:3], k.shape[2], q.shape[3])
   spec = kinds.get(kind)
   row = dict(kind=kind, impl=impl, case="full" if target is None else f"target {target:g}",
              density=1.0, est_ms=None, fwd_est_ms=None)
-  params = {} if target is None else sparse_params(kind, q.shape[1], target)
+  params = {} if target is None else sparse_params(kind, q.shape[1], target,
+                                                   mask_block or BLOCK)
+  if mask_block:  # finer mask blocks, TPU-valid compute tiles
+    params.update(block_q=mask_block, block_k=mask_block, fwd_block_q=BLOCK,
+                  fwd_block_k=BLOCK)
   if fused_bwd:  # the dense kind's Pallas call (kernels.dispatch) with the fused backward
     row["case"] = FUSED_CASE
     fn = lambda q, k, v: flash_attention(q, k, v, causal=True, fused_bwd=True)
@@ -157,7 +182,11 @@ def run_case(kind, impl, target, q, k, v, do, repeats, convention, fused_bwd=Fal
     est_s = timed(estimate_mask, (q, k), repeats)
     density, mask = jax.jit(estimate_mask)(q, k)
     row.update(density=float(density), est_ms=est_s * 1e3,
-               case=" ".join(f"{n}={x}" for n, x in params.items()))
+               case=" ".join([f"{n}={x}" for n, x in params.items()
+                              if n not in kinds.FLASH_PARAMS and n not in kinds.BLOCK_PARAMS]
+                             + ([f"[{mask_block}-blocks]"] if mask_block else [])))
+    if mask_block and mask is not None:
+      row["note"] = tile_note(mask, mask_block)
     masked = dict(params) if mask is None else dict(params, mask_BHQK=mask)
     fn = lambda q, k, v: attention(q, k, v, kind=kind, impl=impl, **masked)
     row["fwd_est_ms"] = 1e3 * timed(
@@ -242,6 +271,9 @@ def parse_args(argv):
   parser.add_argument("--densities", help="sparse kinds' target densities")
   parser.add_argument("--fused_bwd", default="on", choices=("on", "off"),
                       help="with Pallas rows: also dense Pallas with the fused backward")
+  parser.add_argument("--mask_block", type=int, default=0,
+                      help="with Pallas rows: also each sparse target at this mask block "
+                           f"in {BLOCK}-tiles (0: off)")
   parser.add_argument("--baselines", default="on", choices=("on", "off"))
   parser.add_argument("--convention", default="executed", choices=model_flops.CONVENTIONS)
   parser.add_argument("--xla_max_len", type=int, help="longest L for the xla rows")
@@ -277,7 +309,7 @@ def main(argv=None):
     impls = [i for i in impls if i != "pallas"]
   densities = [float(x) for x in args.densities.split(",") if x]
   case_list = cases([k for k in args.kinds.split(",") if k], impls, densities,
-                    fused_bwd=args.fused_bwd == "on")
+                    fused_bwd=args.fused_bwd == "on", mask_block=args.mask_block)
   dtype = jnp.dtype(args.dtype)
   header = (f"backend={backend} ({jax.devices()[0].device_kind}) jax={jax.__version__} "
             f"batch={args.batch} dtype={args.dtype} causal block={BLOCK} "
@@ -305,7 +337,7 @@ def main(argv=None):
         try:
           row = dict(base, **(
               run_case(item[0], item[1], item[3], q, k, v, do, args.repeats, args.convention,
-                       fused_bwd=item[2] == FUSED_CASE)
+                       fused_bwd=item[2] == FUSED_CASE, mask_block=item[4])
               if what == "case" else
               run_baseline(item, q, k, v, do, args.repeats, args.convention)))
         except Exception as e:  # noqa: BLE001  an OOM or unsupported shape is one row
