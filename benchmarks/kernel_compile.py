@@ -17,9 +17,13 @@ import numpy as np
 from kernels import attention, kinds
 
 # Estimator settings that keep a fraction of blocks (the defaults of some keep all).
+# The flash kernels' options too: the fused backward, 64-blocks in 128-tiles.
 KIND_PARAMS = {
+    "dense": [{}, dict(fused_bwd=True)],
     "block_sparse": [dict(estimator="static", window_blocks=3, sink_blocks=1),
-                     dict(estimator="sparge", topk=0.3)],
+                     dict(estimator="sparge", topk=0.3),
+                     dict(estimator="sparge", topk=0.3, block_q=64, block_k=64,
+                          fwd_block_q=128, fwd_block_k=128, fused_bwd=True)],
     "spectral": [dict(topp=0.9)],
 }
 # Relative error bounds: compiled float32 matmuls may run at TF32 / bf16x3 passes.
