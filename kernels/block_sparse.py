@@ -116,23 +116,37 @@ def _segment_kwargs(segment_ids_BL):
   return {} if segment_ids_BL is None else {"segment_ids_BL": segment_ids_BL}
 
 
+def _layout_kwargs(platform):
+  return {"heads_major": True} if platform == "tpu" else {}
+
+
+def _kernel_layout(q_BLHK, k_BLGK, v_BLGK, platform):
+  """q, k, v as the backend's kernels read them: [B, H, L, K] on TPU (Mosaic blocks
+  end in (block, head_dim)), transposed once here; the forward keeps these copies as
+  the backward's residuals, so the backward does not transpose them again."""
+  if platform != "tpu":
+    return q_BLHK, k_BLGK, v_BLGK
+  return sparse_flash_tpu.heads_major_inputs(q_BLHK, k_BLGK, v_BLGK, False)
+
+
 def _sparse_flash_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
                       interpret, bwd_tiles, fwd_tiles, fused_bwd):
   tile_lists = flash_lists.retile(lists, *fwd_tiles, segmented=segment_ids_BL is not None)
-  o_BLHK, lse = _BACKENDS[platform].forward(q_BLHK, k_BLGK, v_BLGK, tile_lists,
+  q, k, v = _kernel_layout(q_BLHK, k_BLGK, v_BLGK, platform)
+  o_BLHK, lse = _BACKENDS[platform].forward(q, k, v, tile_lists,
                                             **_segment_kwargs(segment_ids_BL),
-                                            interpret=interpret)
-  return o_BLHK, (q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL)
+                                            **_layout_kwargs(platform), interpret=interpret)
+  return o_BLHK, (q, k, v, o_BLHK, lse, lists, segment_ids_BL)
 
 
 def _sparse_flash_bwd(platform, interpret, bwd_tiles, fwd_tiles, fused_bwd, residuals,
                       do_BLHK):
   del fwd_tiles  # the lse residual does not depend on the forward's tiles
-  q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL = residuals
+  q, k, v, o_BLHK, lse, lists, segment_ids_BL = residuals  # q, k, v: _kernel_layout
   tile_lists = flash_lists.retile(lists, *bwd_tiles, segmented=segment_ids_BL is not None)
   backward = _FUSED_BACKWARD[platform] if fused_bwd else _BACKENDS[platform].backward
-  dq, dk, dv = backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, do_BLHK, tile_lists,
-                        interpret=interpret, **_segment_kwargs(segment_ids_BL))
+  dq, dk, dv = backward(q, k, v, o_BLHK, lse, do_BLHK, tile_lists, interpret=interpret,
+                        **_segment_kwargs(segment_ids_BL), **_layout_kwargs(platform))
   no_grad = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0),
                          (lists, segment_ids_BL))
   return dq, dk, dv, *no_grad
@@ -148,32 +162,33 @@ _sparse_flash.defvjp(_sparse_flash_fwd, _sparse_flash_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
 def _sparse_flash_pv(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret,
                      bwd_tiles, pv_threshold):
-  o_BLHK, _, skipped_BHQK = _BACKENDS[platform].forward(
-      q_BLHK, k_BLGK, v_BLGK, lists, **_segment_kwargs(segment_ids_BL),
-      interpret=interpret, pv_threshold=pv_threshold)
+  (o_BLHK, skipped_BHQK), _ = _sparse_flash_pv_fwd(
+      q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform, interpret, bwd_tiles,
+      pv_threshold)
   return o_BLHK, skipped_BHQK
 
 
 def _sparse_flash_pv_fwd(q_BLHK, k_BLGK, v_BLGK, lists, segment_ids_BL, platform,
                          interpret, bwd_tiles, pv_threshold):
+  q, k, v = _kernel_layout(q_BLHK, k_BLGK, v_BLGK, platform)
   o_BLHK, lse, skipped_BHQK = _BACKENDS[platform].forward(
-      q_BLHK, k_BLGK, v_BLGK, lists, **_segment_kwargs(segment_ids_BL),
+      q, k, v, lists, **_segment_kwargs(segment_ids_BL), **_layout_kwargs(platform),
       interpret=interpret, pv_threshold=pv_threshold)
-  residuals = (q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL, skipped_BHQK)
+  residuals = (q, k, v, o_BLHK, lse, lists, segment_ids_BL, skipped_BHQK)
   return (o_BLHK, skipped_BHQK), residuals
 
 
 def _sparse_flash_pv_bwd(platform, interpret, bwd_tiles, pv_threshold, residuals,
                          cotangents):
   del pv_threshold  # the decisions are in the residual skip map
-  q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, lists, segment_ids_BL, skipped_BHQK = residuals
+  q, k, v, o_BLHK, lse, lists, segment_ids_BL, skipped_BHQK = residuals
   do_BLHK, _ = cotangents  # the skip map has no gradient
   segmented = segment_ids_BL is not None
   computed, skipped = (flash_lists.retile(x, *bwd_tiles, segmented=segmented)
                        for x in split_lists(lists, skipped_BHQK, segmented))
   dq, dk, dv = _BACKENDS[platform].backward(
-      q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse, do_BLHK, computed, interpret=interpret,
-      skipped_lists=skipped, **_segment_kwargs(segment_ids_BL))
+      q, k, v, o_BLHK, lse, do_BLHK, computed, interpret=interpret,
+      skipped_lists=skipped, **_segment_kwargs(segment_ids_BL), **_layout_kwargs(platform))
   no_grad = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0),
                          (lists, segment_ids_BL))
   return dq, dk, dv, *no_grad

@@ -27,7 +27,7 @@ from jax.experimental.pallas import tpu as pltpu
 from kernels import flash_tiles as tiles
 from kernels.sparse_flash_tpu import (_run_tile, _same_segment, _scalar_lists,
                                       _segment_layouts, _split_bits, _split_segments,
-                                      _to_heads_major)
+                                      _to_heads_major, heads_major_inputs)
 from kernels.sparse_flash_tpu_bwd import _k_major_specs
 
 
@@ -80,18 +80,19 @@ def reduce_dq(dq_BHKNQD, lists):
 
 
 def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpret,
-             segment_ids_BL=None):
-  """Returns dq_BLHK, dk_BLGK, dv_BLGK (the backends' `backward`, one kernel)."""
-  batch, _, num_heads, head_dim = q_BLHK.shape
-  num_kv_heads = k_BLGK.shape[2]
+             segment_ids_BL=None, heads_major=False):
+  """Returns dq_BLHK, dk_BLGK, dv_BLGK (the backends' `backward`, one kernel);
+  heads_major: q, k, v come as [B, H, L, K] / [B, G, L, K] (kernels.sparse_flash_tpu)."""
+  q_BHLK, k_BGLK, v_BGLK = heads_major_inputs(q_BLHK, k_BLGK, v_BLGK, heads_major)
+  batch, num_heads, _, head_dim = q_BHLK.shape
+  num_kv_heads = k_BGLK.shape[1]
   num_groups = num_heads // num_kv_heads
   scale = 1.0 / math.sqrt(head_dim)
   segmented = segment_ids_BL is not None
   # [B, H, 1, L]: rows, so a (1, bq) block is one lane-dense row of stats.
   lse_BH1L = lse_BHL[:, :, None, :]
   delta_BH1L = tiles.block_delta(do_BLHK, o_BLHK)[:, :, None, :]
-  q_BHLK, do_BHLK = _to_heads_major(q_BLHK), _to_heads_major(do_BLHK)
-  k_BGLK, v_BGLK = _to_heads_major(k_BLGK), _to_heads_major(v_BLGK)
+  do_BHLK = _to_heads_major(do_BLHK)
   q_spec, stat_spec, kv_spec, seg_specs = _k_major_specs(lists, num_groups, head_dim,
                                                          segmented)
   seg_args = list(_segment_layouts(segment_ids_BL)) if segmented else []
@@ -120,5 +121,5 @@ def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpr
       name="block_sparse_flash_fused_bwd",
   )(*scalars, *seg_args, q_BHLK, do_BHLK, lse_BH1L, delta_BH1L,
     k_BGLK, v_BGLK)
-  dq_BHLK = (reduce_dq(dq_BHKNQD, lists) * scale).astype(q_BLHK.dtype)
+  dq_BHLK = (reduce_dq(dq_BHKNQD, lists) * scale).astype(q_BHLK.dtype)
   return _to_heads_major(dq_BHLK), _to_heads_major(dk_BGLK), _to_heads_major(dv_BGLK)

@@ -11,7 +11,10 @@ the padded tail of a list repeats its last block, which Pallas does not
 re-fetch; the body skips it by comparing the step with the row's count.
 
 Tensors are laid out [B, H, L, K] inside the kernels so every block's last two
-dims are (block, head_dim). The forward keeps m and l replicated over 128 lanes
+dims are (block, head_dim). `heads_major=True` takes q, k, v already so:
+kernels.block_sparse transposes them once in the forward and keeps those copies
+as the backward's residuals, so the backward transposes only dO in and the
+gradients out (models still project to [B, L, H, K]; MaxText does the same). The forward keeps m and l replicated over 128 lanes
 (Mosaic's native layout for row statistics) and its lse output is sliced to
 [B, H, L] outside; the backward reads lse and delta as [1, bq] rows, which is
 why compiled TPU blocks are multiples of 128.
@@ -50,6 +53,13 @@ LANES = 128
 
 def _to_heads_major(x_BLHK):
   return jnp.transpose(x_BLHK, (0, 2, 1, 3))
+
+
+def heads_major_inputs(q, k, v, heads_major):
+  """q [B, H, L, K], k and v [B, G, L, K]: transposed unless already so."""
+  if heads_major:
+    return q, k, v
+  return _to_heads_major(q), _to_heads_major(k), _to_heads_major(v)
 
 
 def _column(ref):
@@ -229,15 +239,17 @@ def _q_major_segment_inputs(lists, segment_ids_BL):
 
 
 def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
-            pv_threshold=None):
+            pv_threshold=None, heads_major=False):
   """Returns o_BLHK and the residual lse [B, H, L] (float32); with pv_threshold
-  (stage 2) also the skip map, bool [B, H, nQ, nK]."""
-  batch, seq_len, num_heads, head_dim = q_BLHK.shape
-  num_groups = num_heads // k_BLGK.shape[2]
+  (stage 2) also the skip map, bool [B, H, nQ, nK]. heads_major: q, k, v come
+  as [B, H, L, K] / [B, G, L, K] (o is still [B, L, H, K])."""
+  q_BHLK, k_BGLK, v_BGLK = heads_major_inputs(q_BLHK, k_BLGK, v_BLGK, heads_major)
+  batch, num_heads, seq_len, head_dim = q_BHLK.shape
+  num_groups = num_heads // k_BGLK.shape[1]
   q_spec, kv_spec, lanes_spec, _ = _q_major_specs(lists, num_groups, head_dim)
   seg_specs, seg_args = _q_major_segment_inputs(lists, segment_ids_BL)
   bq = lists.block_q
-  out_shape = [jax.ShapeDtypeStruct((batch, num_heads, seq_len, head_dim), q_BLHK.dtype),
+  out_shape = [jax.ShapeDtypeStruct((batch, num_heads, seq_len, head_dim), q_BHLK.dtype),
                jax.ShapeDtypeStruct((batch, num_heads, seq_len, LANES), jnp.float32)]
   out_specs = [q_spec, lanes_spec]
   if pv_threshold is not None:
@@ -267,7 +279,6 @@ def forward(q_BLHK, k_BLGK, v_BLGK, lists, *, interpret, segment_ids_BL=None,
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=interpret,
       name="block_sparse_flash_fwd",
-  )(*scalars, *seg_args, _to_heads_major(q_BLHK),
-    _to_heads_major(k_BLGK), _to_heads_major(v_BLGK))
+  )(*scalars, *seg_args, q_BHLK, k_BGLK, v_BGLK)
   outs = (_to_heads_major(o_BHLK), lse_BHLC[..., 0])
   return outs if pv_threshold is None else (*outs, tiles.cut_skip_map(skip[0], lists))

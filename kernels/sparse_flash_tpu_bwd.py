@@ -21,7 +21,7 @@ from kernels import flash_tiles as tiles
 from kernels.sparse_flash_tpu import (LANES, _q_major_segment_inputs, _q_major_specs,
                                       _run_tile, _same_segment, _scalar_lists,
                                       _segment_layouts, _split_bits, _split_segments,
-                                      _to_heads_major)
+                                      _to_heads_major, heads_major_inputs)
 
 
 def _dq_kernel(kv_index_ref, kv_count_ref, *refs, lists, scale, segmented, skipped):
@@ -101,22 +101,23 @@ def _dkv_kernel(q_index_ref, q_count_ref, *refs, lists, scale, num_groups,
 
 
 def backward(q_BLHK, k_BLGK, v_BLGK, o_BLHK, lse_BHL, do_BLHK, lists, *, interpret,
-             segment_ids_BL=None, skipped_lists=None):
+             segment_ids_BL=None, skipped_lists=None, heads_major=False):
   """Returns dq_BLHK, dk_BLGK, dv_BLGK.
 
   skipped_lists (stage 2): the tiles whose P.V the forward skipped; `lists`
-  then holds only the computed ones.
+  then holds only the computed ones. heads_major: q, k, v come as the
+  forward's [B, H, L, K] / [B, G, L, K] copies (o, dO and the gradients do not).
   """
   # [B, H, 1, L]: rows, so a (1, bq) block is one lane-dense row of stats.
   lse_BH1L = lse_BHL[:, :, None, :]
   delta_BH1L = tiles.block_delta(do_BLHK, o_BLHK)[:, :, None, :]
-  q_BHLK, do_BHLK = _to_heads_major(q_BLHK), _to_heads_major(do_BLHK)
-  k_BGLK, v_BGLK = _to_heads_major(k_BLGK), _to_heads_major(v_BLGK)
+  q_BHLK, k_BGLK, v_BGLK = heads_major_inputs(q_BLHK, k_BLGK, v_BLGK, heads_major)
+  do_BHLK = _to_heads_major(do_BLHK)
   args = (q_BHLK, k_BGLK, v_BGLK, do_BHLK, lse_BH1L, delta_BH1L)
   kw = dict(interpret=interpret, segment_ids_BL=segment_ids_BL)
   dq_BHLK, dk_BGLK, dv_BGLK = tiles.backward_passes(
       _dq_call, _dkv_call, args, lists, skipped_lists, kw,
-      (q_BLHK.dtype, k_BLGK.dtype, v_BLGK.dtype))
+      (q_BHLK.dtype, k_BGLK.dtype, v_BGLK.dtype))
   return (_to_heads_major(dq_BHLK), _to_heads_major(dk_BGLK),
           _to_heads_major(dv_BGLK))
 
