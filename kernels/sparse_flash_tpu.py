@@ -14,7 +14,8 @@ Tensors are laid out [B, H, L, K] inside the kernels so every block's last two
 dims are (block, head_dim). `heads_major=True` takes q, k, v already so:
 kernels.block_sparse transposes them once in the forward and keeps those copies
 as the backward's residuals, so the backward transposes only dO in and the
-gradients out (models still project to [B, L, H, K]; MaxText does the same). The forward keeps m and l replicated over 128 lanes
+gradients out (models still project to [B, L, H, K]; MaxText does the same).
+The forward keeps m and l replicated over 128 lanes
 (Mosaic's native layout for row statistics) and its lse output is sliced to
 [B, H, L] outside; the backward reads lse and delta as [1, bq] rows, which is
 why compiled TPU blocks are multiples of 128.

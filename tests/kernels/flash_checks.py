@@ -33,6 +33,27 @@ def compile_fast(fn, *args):
   return jax.jit(fn).lower(*args).compile(options)(*args)
 
 
+def jaxpr_eqns(fn, *args):
+  """Every equation of fn's jaxpr, sub-jaxprs included (a pallas_call's kernel body
+  is not: its equations run inside the kernel)."""
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      yield eqn
+      if eqn.primitive.name == "pallas_call":
+        continue
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+          if hasattr(sub, "eqns"):
+            yield from walk(sub)
+  return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def pallas_calls(fn, *args):
+  """The pallas_call equations of fn's jaxpr (forward and backward)."""
+  return [eqn for eqn in jaxpr_eqns(fn, *args) if eqn.primitive.name == "pallas_call"]
+
+
 def rel_err(x, ref):
   x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
   return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))

@@ -14,7 +14,7 @@ from kernels.block_sparse import block_sparse_attention
 from kernels.dense import reference_attention
 from kernels.flash import flash_attention
 from tests.kernels.flash_checks import (assert_matches_reference, compile_fast, fresh_seed,
-                                        random_qkvo, rel_err)
+                                        jaxpr_eqns, pallas_calls, random_qkvo, rel_err)
 from tests.kernels.test_pv_skip_pallas import LAMBDA, SINK_BLOCK, peaked_qkvo
 
 SEQ_LEN, BLOCK, MAX_BLOCKS = 128, 16, 3
@@ -22,19 +22,7 @@ SEQ_LEN, BLOCK, MAX_BLOCKS = 128, 16, 3
 
 def pallas_grids(fn, *args):
   """The grids of every pallas_call in fn's jaxpr (forward and backward)."""
-  grids = []
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "pallas_call":
-        grids.append(tuple(eqn.params["grid_mapping"].grid))
-      for value in eqn.params.values():
-        for sub in value if isinstance(value, (tuple, list)) else (value,):
-          sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
-          if hasattr(sub, "eqns"):
-            walk(sub)
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
-  return grids
+  return [tuple(eqn.params["grid_mapping"].grid) for eqn in pallas_calls(fn, *args)]
 
 
 def random_mask(seed, num_blocks):
@@ -95,9 +83,10 @@ def test_flash_backward_tiles_on_tpu():
   assert_matches_reference(kernel, reference_attention, q, k, v, do, seed)
 
 
-def test_backward_tiles_must_divide_the_blocks():
+def test_backward_tiles_must_divide_or_be_multiples_of_the_blocks():
   q = jnp.zeros((1, 64, 1, 16))
-  with pytest.raises(ValueError, match=r"bwd_block_q 24 must be a multiple or a divisor of the block 32"):
+  with pytest.raises(ValueError,
+                     match=r"bwd_block_q 24 must be a multiple or a divisor of the block 32"):
     flash_attention(q, q, q, block_q=32, block_k=32, bwd_block_q=24, interpret=True)
 
 
@@ -126,21 +115,7 @@ def test_stage2_backward_tiles_refine_both_list_sets():
 
 def count_transposes(fn, *args):
   """XLA transposes in fn's jaxpr outside the kernels."""
-  count = 0
-
-  def walk(jaxpr):
-    nonlocal count
-    for eqn in jaxpr.eqns:
-      count += eqn.primitive.name == "transpose"
-      if eqn.primitive.name == "pallas_call":
-        continue
-      for value in eqn.params.values():
-        for sub in value if isinstance(value, (tuple, list)) else (value,):
-          sub = getattr(sub, "jaxpr", sub)
-          if hasattr(sub, "eqns"):
-            walk(sub)
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
-  return count
+  return sum(eqn.primitive.name == "transpose" for eqn in jaxpr_eqns(fn, *args))
 
 
 def test_tpu_backward_reuses_the_forwards_heads_major_inputs():

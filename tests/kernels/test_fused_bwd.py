@@ -15,8 +15,8 @@ from kernels.dense import reference_attention
 from kernels.flash import flash_attention
 from kernels.sparse_flash_gpu import forward as gpu_forward
 from kernels.sparse_flash_tpu import forward as tpu_forward
-from tests.kernels.flash_checks import (TOLERANCE, compile_fast, fresh_seed, random_qkvo,
-                                      rel_err)
+from tests.kernels.flash_checks import (TOLERANCE, compile_fast, fresh_seed, pallas_calls,
+                                        random_qkvo, rel_err)
 from tests.kernels.test_block_sparse_pallas import make_mask
 from tests.kernels.test_segments_pallas import random_segments, segment_reference
 
@@ -192,19 +192,7 @@ def test_stage2_keeps_the_two_kernel_backward(platform):
 
 def pallas_names(fn, *args):
   """The names of the pallas_calls in fn's jaxpr (forward and backward)."""
-  names = []
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "pallas_call":
-        names.append(str(eqn.params["name"]).split()[0])
-      for value in eqn.params.values():
-        for sub in value if isinstance(value, (tuple, list)) else (value,):
-          sub = getattr(sub, "jaxpr", sub)
-          if hasattr(sub, "eqns"):
-            walk(sub)
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
-  return names
+  return [str(eqn.params["name"]).split()[0] for eqn in pallas_calls(fn, *args)]
 
 
 @pytest.mark.parametrize("kind,params", [
