@@ -10,7 +10,7 @@ import os
 import kernels
 from experiments import packing, teacher as teacher_lib
 from experiments.optimizer import SCHEDULES
-from kernels import pv_skip
+from kernels import flash_lists, pv_skip
 from kernels.linear_reference import FEATURE_MAPS
 from kernels.sparse import ESTIMATORS
 from models import thresholds
@@ -121,25 +121,46 @@ def _check_attention(cfg):
 
 
 def _check_tiles(cfg):
-  """Compute tiles: each a multiple or a divisor of its block; stage 2's forward
-  runs on the blocks (its skip rule is per block)."""
+  """Compute tiles: each a multiple of 8 and a multiple or a divisor of its block,
+  at most flash_lists.MAX_SUB_BLOCKS blocks per tile; stage 2's forward runs on the
+  blocks (its skip rule is per block)."""
   a = cfg.attention
   if not isinstance(a.get("fused_bwd", False), bool):
     raise ValueError(f"attention.fused_bwd {a.fused_bwd!r} must be True or False.")
-  for side in ("q", "k"):
-    block = a[f"block_{side}"]
-    for key in (f"fwd_block_{side}", f"bwd_block_{side}"):
-      tile = a.get(key)
-      if tile is None:
-        continue
-      if not isinstance(tile, int) or tile < 8 or (tile % block and block % tile):
-        raise ValueError(f"attention.{key} {tile!r} must be an int >= 8 that is a multiple "
-                         f"or a divisor of attention.block_{side} {block}; or None (the "
-                         "block).")
-      if key.startswith("fwd") and tile != block and a.get("pv_threshold") is not None:
-        raise ValueError(f"attention.{key} {tile} differs from attention.block_{side} "
-                         f"{block}, but stage 2 (attention.pv_threshold) decides per mask "
-                         "block: unset the forward tiles or attention.pv_threshold.")
+  blocks = {"q": a.block_q, "k": a.block_k}
+  fwd = {side: a.get(f"fwd_block_{side}") or blocks[side] for side in blocks}
+  for phase, default in (("fwd", blocks), ("bwd", fwd)):
+    tiles = {}
+    for side, block in blocks.items():
+      key, tile = f"{phase}_block_{side}", a.get(f"{phase}_block_{side}")
+      if tile is not None and (not isinstance(tile, int) or tile < 8 or tile % 8
+                               or (tile % block and block % tile)):
+        raise ValueError(f"attention.{key} {tile!r} must be a multiple of 8 that is a "
+                         f"multiple or a divisor of attention.block_{side} {block}; or "
+                         "None (the block).")
+      tiles[side] = tile or default[side]
+    inside = math.prod(max(1, tiles[side] // blocks[side]) for side in blocks)
+    if inside > flash_lists.MAX_SUB_BLOCKS:
+      raise ValueError(f"attention.{phase}_block_q/_k ({tiles['q']}, {tiles['k']}) hold "
+                       f"{inside} blocks ({a.block_q}, {a.block_k}) per tile; at most "
+                       f"{flash_lists.MAX_SUB_BLOCKS}: use smaller tiles or larger blocks.")
+  if fwd != blocks:
+    stage2 = _stage2_setting(a)
+    if stage2:
+      raise ValueError(f"attention.fwd_block_q/_k ({fwd['q']}, {fwd['k']}) differ from the "
+                       f"blocks ({a.block_q}, {a.block_k}), but stage 2 ({stage2}) decides "
+                       "per mask block: unset the forward tiles or stage 2.")
+
+
+def _stage2_setting(a):
+  """The setting that turns SpargeAttn's stage 2 on, or None."""
+  if a.get("pv_threshold") is not None:
+    return "attention.pv_threshold"
+  if a.get("thresholds"):
+    for i, entry in enumerate(thresholds.load(a.thresholds)["layers"]):
+      if entry is not None and entry["params"].get("pv_threshold") is not None:
+        return f"attention.thresholds {a.thresholds!r}: layer {i}'s pv_threshold"
+  return None
 
 
 def _check_sparse_training(cfg, kinds):

@@ -23,7 +23,8 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
   Any seq_len: blocks larger than the sequence shrink to it (to a power of two
   >= 16 where the kernel tiling needs one), and a length the blocks do not
   divide is padded and masked (kernels.padding). bwd_block_q / bwd_block_k
-  (None: the forward's): the backward kernels' tiles, dividing the blocks.
+  (None: the forward's): the backward kernels' tiles, dividing the blocks (larger
+  ones are the blocks).
   fused_bwd: one fused backward kernel instead of dq and dk/dv (block_sparse.run_lists).
   interpret=None interprets on a
   CPU backend; platform ("tpu" | "cuda" | None = from the backend) picks the
@@ -33,7 +34,9 @@ def flash_attention(q_BLHK, k_BLGK, v_BLGK, *, causal=True, segment_ids_BL=None,
   seq_len = q_BLHK.shape[1] if q_BLHK.ndim == 4 else 0
   block_q = _fit_block(block_q, seq_len, platform, interpret)
   block_k = _fit_block(block_k, seq_len, platform, interpret)
-  bwd_block_q = bwd_block_q and min(bwd_block_q, block_q)  # the tiles divide the blocks
+  # Dense lists gain nothing from tiles over several blocks (set larger blocks): a
+  # larger backward tile is the block, as when the block shrank to a short sequence.
+  bwd_block_q = bwd_block_q and min(bwd_block_q, block_q)
   bwd_block_k = bwd_block_k and min(bwd_block_k, block_k)
   padded = padding.padded_length(seq_len, block_q, block_k) if seq_len else 0
   if padded != seq_len:

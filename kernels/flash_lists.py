@@ -140,7 +140,7 @@ MAX_SUB_BLOCKS = 31
 
 def check_tile(name, tile, block):
   """Raises ValueError unless a compute tile and a mask block divide one another
-  within the bitmask's capacity."""
+  (retile checks the bitmask's capacity)."""
   if tile % block and block % tile:
     raise ValueError(f"{name} {tile} must be a multiple or a divisor of the mask block "
                      f"{block}.")

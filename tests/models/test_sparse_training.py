@@ -103,6 +103,19 @@ def test_calibrated_thresholds_reach_their_layers(tmp_path, micro_cfg):
   assert params[1]["topk"] == 0.2 and params[1]["pv_threshold"] == -4.0
 
 
+def test_forward_tiles_are_refused_when_a_thresholds_file_turns_stage2_on(tmp_path,
+                                                                         micro_cfg):
+  """Stage 2 decides per mask block, whether pv_threshold is in the config or in a
+  calibrated layer's params."""
+  path = _thresholds(tmp_path / "t.json", [None, {"layer": 1, "params": {
+      "topk": 0.5, "pv_threshold": -4.0}}])
+  cfg = micro_cfg(**SPARGE, **{"attention.thresholds": path, "attention.fwd_block_q": 32})
+  with pytest.raises(ValueError, match="layer 1's pv_threshold"):
+    validation.validate(cfg)
+  cfg.attention.fwd_block_q = None
+  validation.validate(cfg)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"layers": [None]}, "has 1 layers; the model has depth 2"),
     ({"estimator": "static"}, "calibrated for estimator 'static'"),
