@@ -11,6 +11,7 @@ import kernels
 from experiments import packing, teacher as teacher_lib
 from experiments.optimizer import SCHEDULES
 from kernels import flash_lists, pv_skip
+from kernels.kinds import TILE_PARAMS
 from kernels.linear_reference import FEATURE_MAPS
 from kernels.sparse import ESTIMATORS
 from models import thresholds
@@ -164,7 +165,8 @@ def _stage2_setting(a):
 
 
 def _check_sparse_training(cfg, kinds):
-  """Stage 2, calibrated thresholds and distillation act only on block kinds."""
+  """Stage 2, calibrated thresholds, distillation and compute tiles act only on
+  block kinds."""
   a, sparse = cfg.attention, [k for k in kinds if k in SPARSE_KINDS]
   if a.get("pv_threshold") is not None:
     pv_skip.check_pv_threshold(a.pv_threshold)  # its message names the key's meaning
@@ -177,9 +179,11 @@ def _check_sparse_training(cfg, kinds):
     if not os.path.isdir(os.path.join(teacher, "checkpoints")):
       raise ValueError(f"attention.distill_teacher {teacher!r} has no checkpoints/; name "
                        "a trained run (its latest params are the frozen teacher).")
+  tiles = [f"attention.{key}" for key in TILE_PARAMS if a.get(key) is not None]
   for key, on in (("attention.distill_weight", distill > 0 and not teacher),
                   ("attention.pv_threshold", a.get("pv_threshold") is not None),
-                  ("attention.thresholds", bool(a.get("thresholds")))):
+                  ("attention.thresholds", bool(a.get("thresholds"))),
+                  (tiles[0] if tiles else "", bool(tiles))):
     if on and not sparse:
       raise ValueError(f"{key} acts on block-sparse layers (kinds {sorted(SPARSE_KINDS)}) "
                        f"but the model has none ({sorted(set(kinds))}); unset it or make "
