@@ -26,30 +26,6 @@ from kernels import flash_tiles as tiles
 from kernels import sparse_flash_gpu as gpu
 
 
-def _q_loop(k_block, row, q_index_ref, q_count_ref, q_partial_ref, lists, tile_fn, carry,
-            same_segment, q_bits_ref):
-  """carry = tile_fn(q_block, allowed_T, carry) over the query blocks listed in
-  q-list row `row` of key block k_block; allowed_T: None or a [bk, bq] mask.
-  q_bits_ref: the retiled lists' sub-block bitmasks (None: whole tiles)."""
-  base = row * lists.num_q_blocks
-
-  def body(masked):
-    def run(n, c):
-      q_block = q_index_ref[base + n]
-      bits = None if q_bits_ref is None else q_bits_ref[base + n]
-      allowed_T = (gpu._tile_mask(q_block, k_block, lists, same_segment, q_block,
-                                  keys_major=True, bits=bits) if masked else None)
-      return tile_fn(q_block, allowed_T, c)
-    return run
-
-  if same_segment is not None:
-    return lax.fori_loop(0, q_count_ref[row], body(True), carry)
-  # Partial (masked) tiles are the lowest query blocks: a leading run.
-  partial_count, count = q_partial_ref[row], q_count_ref[row]
-  carry = lax.fori_loop(0, partial_count, body(True), carry)
-  return lax.fori_loop(partial_count, count, body(False), carry)
-
-
 def _fused_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
                   num_groups, segmented):
   q_bits_ref, refs = gpu._split_bits(refs, lists.q_bits)
@@ -72,8 +48,8 @@ def _fused_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
 
   def over_heads(r, carry):
     row = lists.q_row(b, g * num_groups + r, j)
-    return _q_loop(j, row, q_index_ref, q_count_ref, q_partial_ref, lists,
-                   functools.partial(tile, r), carry, same_segment, q_bits_ref)
+    return gpu._q_loop(j, row, q_index_ref, q_count_ref, q_partial_ref, lists,
+                       functools.partial(tile, r), carry, same_segment, q_bits_ref)
 
   zeros = jnp.zeros(k.shape, jnp.float32)
   dk, dv = lax.fori_loop(0, num_groups, over_heads, (zeros, zeros))

@@ -107,6 +107,30 @@ def _kv_loop(q_block, row, kv_index_ref, kv_count_ref, kv_full_ref, lists, tile_
   return lax.fori_loop(full_count, count, body(True), carry)
 
 
+def _q_loop(k_block, row, q_index_ref, q_count_ref, q_partial_ref, lists, tile_fn, carry,
+            same_segment, q_bits_ref):
+  """carry = tile_fn(q_block, allowed_T, carry) over the query blocks listed in
+  q-list row `row` of key block k_block; allowed_T: None or a [bk, bq] mask.
+  q_bits_ref: the retiled lists' sub-block bitmasks (None: whole tiles)."""
+  base = row * lists.num_q_blocks
+
+  def body(masked):
+    def run(n, c):
+      q_block = q_index_ref[base + n]
+      bits = None if q_bits_ref is None else q_bits_ref[base + n]
+      allowed_T = (_tile_mask(q_block, k_block, lists, same_segment, q_block,
+                              keys_major=True, bits=bits) if masked else None)
+      return tile_fn(q_block, allowed_T, c)
+    return run
+
+  if same_segment is not None:
+    return lax.fori_loop(0, q_count_ref[row], body(True), carry)
+  # Partial (masked) tiles are the lowest query blocks: a leading run.
+  partial_count, count = q_partial_ref[row], q_count_ref[row]
+  carry = lax.fori_loop(0, partial_count, body(True), carry)
+  return lax.fori_loop(partial_count, count, body(False), carry)
+
+
 def _fwd_kernel(kv_index_ref, kv_count_ref, kv_full_ref, *refs, lists, scale,
                 segmented, pv_threshold=None):
   kv_bits_ref, refs = _split_bits(refs, lists.kv_bits)
@@ -239,7 +263,8 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
   k, v = k_ref[...], (None if skipped else v_ref[...])
   same_segment = _same_segment(seg_refs, bq)  # [bk, bq] tiles
 
-  def step(r, queries, allowed_T, c):
+  def step(r, q_block, allowed_T, c):
+    queries = pl.ds(q_block * bq, bq)
     if skipped:  # dv gets nothing; dk needs neither v nor dO
       return (tiles.dk_step_skipped(
           q_ref[queries, r, :], k, lse_ref[r, queries][None, :],
@@ -251,24 +276,8 @@ def _dkv_kernel(q_index_ref, q_count_ref, q_partial_ref, *refs, lists, scale,
 
   def over_heads(r, carry):
     row = lists.q_row(b, g * num_groups + r, j)
-    base = row * lists.num_q_blocks
-
-    def body(masked):
-      def run(n, c):
-        q_block = q_index_ref[base + n]
-        queries = pl.ds(q_block * bq, bq)
-        bits = None if q_bits_ref is None else q_bits_ref[base + n]
-        allowed_T = (_tile_mask(q_block, j, lists, same_segment, q_block,
-                                keys_major=True, bits=bits) if masked else None)
-        return step(r, queries, allowed_T, c)
-      return run
-
-    if same_segment is not None:
-      return lax.fori_loop(0, q_count_ref[row], body(True), carry)
-    # Partial (masked) tiles are the lowest query blocks: a leading run.
-    partial_count, count = q_partial_ref[row], q_count_ref[row]
-    carry = lax.fori_loop(0, partial_count, body(True), carry)
-    return lax.fori_loop(partial_count, count, body(False), carry)
+    return _q_loop(j, row, q_index_ref, q_count_ref, q_partial_ref, lists,
+                   functools.partial(step, r), carry, same_segment, q_bits_ref)
 
   zeros = jnp.zeros(k.shape, jnp.float32)
   grads = lax.fori_loop(0, num_groups, over_heads, (zeros,) * (1 if skipped else 2))

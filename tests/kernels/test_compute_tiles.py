@@ -14,7 +14,7 @@ from kernels.block_sparse import block_sparse_attention
 from kernels.dense import reference_attention
 from tests.kernels.flash_checks import assert_matches_reference, fresh_seed, random_qkvo
 from tests.kernels.test_block_sparse_grid import pallas_grids
-from tests.kernels.test_export import CUSTOM_CALL
+from tests.kernels.test_export import CUSTOM_CALL, export_text
 
 SEQ_LEN, BLOCK = 128, 16
 
@@ -133,10 +133,7 @@ def test_64_blocks_in_128_tiles_export(platform):
                            fwd_block_k=128, interpret=False, platform=platform)
   grad = jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v).astype(jnp.float32)),
                   argnums=(0, 1, 2))
-  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL["cuda"])]
-  exported = jax.export.export(jax.jit(grad), platforms=[platform],
-                               disabled_checks=checks)(q, kv, kv)
-  assert exported.mlir_module().count(CUSTOM_CALL[platform]) == 3
+  assert export_text(grad, platform, q, kv, kv).count(CUSTOM_CALL[platform]) == 3
   with pytest.raises(ValueError, match="does not fit the 'tpu' kernel tiling"):
     block_sparse_attention(jnp.zeros(q.shape, q.dtype), jnp.zeros(kv.shape, kv.dtype),
                            jnp.zeros(kv.shape, kv.dtype), mask, interpret=False,

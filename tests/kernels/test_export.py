@@ -15,6 +15,13 @@ BATCH, SEQ_LEN, HEADS, KV_HEADS, HEAD_DIM, BLOCK = 2, 1024, 8, 2, 128, 128
 CUSTOM_CALL = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
 
 
+def export_text(fn, platform, *args):
+  """The MLIR module of jit(fn) exported for `platform` from this CPU host."""
+  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL["cuda"])]
+  return jax.export.export(jax.jit(fn), platforms=[platform],
+                           disabled_checks=checks)(*args).mlir_module()
+
+
 def _sparse_mask():
   num_blocks = SEQ_LEN // BLOCK
   keep = np.random.default_rng(0).random((BATCH, HEADS, num_blocks, num_blocks)) < 0.5
@@ -112,7 +119,4 @@ def test_grad_export_with_backward_tiles(platform, block, bwd_block):
                            platform=platform)
   grad = jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v).astype(jnp.float32)),
                   argnums=(0, 1, 2))
-  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL["cuda"])]
-  exported = jax.export.export(jax.jit(grad), platforms=[platform],
-                               disabled_checks=checks)(q, kv, kv)
-  assert exported.mlir_module().count(CUSTOM_CALL[platform]) == 3
+  assert export_text(grad, platform, q, kv, kv).count(CUSTOM_CALL[platform]) == 3

@@ -18,6 +18,7 @@ from kernels.sparse_flash_tpu import forward as tpu_forward
 from tests.kernels.flash_checks import (TOLERANCE, compile_fast, fresh_seed, pallas_calls,
                                         random_qkvo, rel_err)
 from tests.kernels.test_block_sparse_pallas import make_mask
+from tests.kernels.test_export import CUSTOM_CALL, export_text
 from tests.kernels.test_segments_pallas import random_segments, segment_reference
 
 FUSED = {"tpu": (tpu_forward, fused_bwd_tpu.backward),
@@ -139,17 +140,10 @@ def test_key_block_no_query_sees_gets_zero_gradients(platform):
 
 # Lowering: forward + one fused backward kernel (the two-kernel path has 3 calls).
 BATCH, SEQ_LEN, HEADS, KV_HEADS, HEAD_DIM, BLOCK = 2, 512, 8, 2, 128, 128
-CUSTOM_CALL = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
-
-
-def _export(fn, platform, *args):
-  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL["cuda"])]
-  return jax.export.export(jax.jit(fn), platforms=[platform],
-                           disabled_checks=checks)(*args).mlir_module()
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
-def test_fused_grad_export(platform):
+def test_fused_gradexport_text(platform):
   q = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, HEADS, HEAD_DIM), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((BATCH, SEQ_LEN, KV_HEADS, HEAD_DIM), jnp.bfloat16)
   seg = jax.ShapeDtypeStruct((BATCH, SEQ_LEN), jnp.int32)
@@ -168,7 +162,7 @@ def test_fused_grad_export(platform):
   }
   for name, attn in kernels.items():
     loss = lambda q, k, v, s: jnp.sum(attn(q, k, v, s).astype(jnp.float32))
-    text = _export(jax.grad(loss, argnums=(0, 1, 2)), platform, q, kv, kv, seg)
+    text = export_text(jax.grad(loss, argnums=(0, 1, 2)), platform, q, kv, kv, seg)
     assert text.count(CUSTOM_CALL[platform]) == 2, (name, platform)
     if platform == "cuda":  # the float32 dq buffer goes in and out of the kernel
       assert "output_operand_aliases" in text, name
@@ -186,7 +180,7 @@ def test_stage2_keeps_the_two_kernel_backward(platform):
                                             fused_bwd=fused)
     return jax.grad(lambda q: jnp.sum(attn(q).astype(jnp.float32)))
 
-  counts = [_export(grad(f), platform, q).count(CUSTOM_CALL[platform]) for f in (0, 1)]
+  counts = [export_text(grad(f), platform, q).count(CUSTOM_CALL[platform]) for f in (0, 1)]
   assert counts[0] == counts[1] == 5, counts  # forward, 2 x (dq, dk/dv)
 
 
