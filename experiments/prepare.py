@@ -16,7 +16,6 @@ end (a killed prepare leaves only a hidden .DIR.tmp-* beside it); bad input fail
 before anything is written. An existing non-empty DIR is refused unless it is a
 finished prepare of the same inputs (then a no-op; the worker count is no input).
 """
-import collections
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from absl import logging
 from rich import progress as rich_progress
 
 from experiments import config as config_lib, corpora, logs, metrics, progress, sources
-from experiments import tokenizers
+from experiments import encode_pool, tokenizers
 
 MANIFEST = "prepared.json"
 FORMAT = "chinchax.prepared/1"
@@ -93,28 +92,7 @@ def _count(cfg_data):
   return n, size
 
 
-# --- workers -----------------------------------------------------------------
-_WORKER = {}
-
-
-def _init_worker(spec, dtype):
-  _WORKER.update(tok=tokenizers.load(spec), dtype=np.dtype(sources.TOKEN_DTYPES[dtype]))
-
-
-def _encode_chunk(chunk):
-  """(first document index, docs) -> [record bytes]: one little-endian id array each."""
-  first, docs = chunk
-  tok, dtype, out = _WORKER["tok"], _WORKER["dtype"], []
-  for n, doc in enumerate(docs, first):
-    ids = doc if isinstance(doc, np.ndarray) else tok.encode(doc)
-    if ids.size and (ids.min() < 0 or ids.max() >= tok.vocab_size):
-      raise ValueError(f"document {n} holds ids in [{ids.min()}, {ids.max()}], outside "
-                       f"the tokenizer's vocab_size {tok.vocab_size}; set data.tokenizer to "
-                       "the tokenizer that made them.")
-    out.append(np.asarray(ids).astype(dtype).tobytes())
-  return out
-
-
+# --- chunks ------------------------------------------------------------------
 def _chunks(docs):
   chunk, size, first = [], 0, 0
   for n, doc in enumerate(docs):
@@ -125,36 +103,6 @@ def _chunks(docs):
       chunk, size, first = [], 0, n + 1
   if chunk:
     yield size, (first, chunk)
-
-
-def _encoded(cfg, dtype, workers):
-  """(text bytes, records) per chunk, in document order. K > 1: a process pool with
-  a bounded window of chunks in flight (ordered, memory bounded); K = 1: here."""
-  chunks = _chunks(sources.documents(cfg.data))
-  spec = cfg.data.tokenizer or "byte"
-  if workers == 1:
-    _init_worker(spec, dtype)
-    yield from ((size, _encode_chunk(c)) for size, c in chunks)
-    return
-  import multiprocessing
-  # fork on Linux: spawn would re-import the caller's __main__ (a benchmark's jax and
-  # models) in every worker. The pool is made before any thread (the bar starts later).
-  method = "fork" if sys.platform == "linux" else "spawn"
-  pool = multiprocessing.get_context(method).Pool(workers, _init_worker, (spec, dtype))
-  try:
-    pending = collections.deque()
-    for size, chunk in chunks:
-      pending.append((size, pool.apply_async(_encode_chunk, (chunk,))))
-      if len(pending) >= 2 * workers:
-        n, result = pending.popleft()
-        yield n, result.get()
-    while pending:
-      n, result = pending.popleft()
-      yield n, result.get()
-    pool.close()
-  finally:
-    pool.terminate()
-    pool.join()
 
 
 # --- progress ----------------------------------------------------------------
@@ -246,7 +194,8 @@ def _write(tmp, cfg, dtype, bounds, workers, bar):
   names, shard, writer, doc, tokens, nbytes = shard_names(len(bounds) - 1), 0, None, 0, 0, 0
   width, per_shard = np.dtype(sources.TOKEN_DTYPES[dtype]).itemsize, [0] * len(names)
   try:
-    for size, records in _encoded(cfg, dtype, workers):
+    for size, records in encode_pool.encoded(
+        _chunks(sources.documents(cfg.data)), cfg.data.tokenizer or "byte", dtype, workers):
       for record in records:
         if doc == bounds[-1]:
           raise ValueError(f"the corpus changed while it was read (more than the {doc} "

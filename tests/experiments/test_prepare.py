@@ -97,6 +97,18 @@ def test_any_worker_count_gives_the_same_shards_and_training_stream(tokenizer, c
     assert m["tokens"] < 0.9 * sum(map(len, TEXTS))  # it learned merges
 
 
+def test_the_worker_pool_never_forks_the_caller(corpus, tmp_path, monkeypatch):
+  """The caller runs JAX's threads; a fork of it can deadlock on a lock one of them held
+  (a CI run hung so). Workers come from a fresh fork server: the caller never forks."""
+  def refuse_fork():
+    raise AssertionError("os.fork() in the calling process")
+  monkeypatch.setattr(os, "fork", refuse_fork)
+  serial = prepare.prepare(_text_cfg(corpus), str(tmp_path / "w1"), shards=2, bar=Quiet())
+  pooled = prepare.prepare(_text_cfg(corpus), str(tmp_path / "w2"), shards=2, workers=2,
+                           bar=Quiet())
+  assert pooled == serial
+
+
 def test_a_finished_prepare_is_reused_and_other_inputs_are_refused(corpus, tmp_path):
   out = str(tmp_path / "out")
   first = prepare.prepare(_text_cfg(corpus), out, shards=2, bar=Quiet())
