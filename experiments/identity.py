@@ -44,7 +44,7 @@ def _defaults():
   return config_lib.flatten(config_lib.to_dict(lm.base()))
 
 
-def _diff(old, new):
+def differences(old, new):
   """Keys whose values differ. A key the old record lacks and the new config holds at
   today's default is no difference: it was added to the config since the run was
   written, and a new key's default keeps the old behaviour."""
@@ -77,7 +77,7 @@ def check(workdir, cfg_dict, stored, previous, *, trained, write):
   except ValueError as e:
     old, problem = None, f"unreadable ({e})"
   if old is not None:
-    diff = _diff(old, cfg_dict)
+    diff = differences(old, cfg_dict)
     if diff:
       _refuse(workdir, f"holds a run with a different config (keys {diff})")
     return None
@@ -88,7 +88,7 @@ def check(workdir, cfg_dict, stored, previous, *, trained, write):
   # The checkpoint's own config, where it has one, decides by content (as config.json
   # would); the fingerprint alone cannot tell a changed key from an added one.
   stored_config = (stored or {}).get("config")
-  differs = (_diff(stored_config, cfg_dict) if stored_config is not None
+  differs = (differences(stored_config, cfg_dict) if stored_config is not None
              else known is not None and known != fingerprint)
   if trained and known is not None and differs:
     keys = f" (keys {differs})" if stored_config is not None else ""

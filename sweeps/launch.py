@@ -60,9 +60,9 @@ def launch(spec, store, launcher="local", parallel=1, rerun=rundir.DEFAULT_RERUN
   """Plans and runs a sweep (spec: 'sweeps/defs/NAME.py[:arg]' or a define.Sweep); returns
   {run_id: final state} (dry run: the current states)."""
   sweep = spec if isinstance(spec, define.Sweep) else plan_lib.load_sweep(spec)
-  runs = plan_lib.plan(sweep)
   if parallel < 1:
     raise ValueError(f"--parallel must be >= 1, got {parallel}.")
+  runs = plan_lib.adopt(plan_lib.plan(sweep), store)
   run_dirs = {r.run_id: os.path.join(store, r.run_id) for r in runs}
   stale_after = 60.0 * stale_minutes
   job_state = None

@@ -2,11 +2,13 @@
 
 Every override key is checked against the base config before anything runs. A
 run's id is `NAME-TAG-HASH`, HASH a short digest of the resolved config, so
-defining the same run again maps to the same run directory. Imports no JAX.
+defining the same run again maps to the same run directory (and `adopt` keeps a
+store's directories across upgrades that add config keys). Imports no JAX.
 """
 import dataclasses
 import importlib.util
 import os
+import re
 import sys
 
 from experiments import config as config_lib
@@ -112,6 +114,38 @@ def plan(sweep):
     seen[run.config_hash] = i
     runs.append(run)
   return runs
+
+
+def adopt(runs, store):
+  """The runs, each with the id of the store's directory that already holds it.
+
+  A run's hash covers the whole config, so a chinchax upgrade that adds config keys
+  changes it. A run whose directory is absent takes over a `NAME-TAG-<old hash>`
+  directory of the store whose config.json equals its config, keys added since at
+  their defaults (the trainer's own identity rule): relaunching an old store resumes
+  and skips its runs instead of starting them again."""
+  if not os.path.isdir(store):
+    return runs
+  names, planned = set(os.listdir(store)), {r.run_id for r in runs}
+  out = []
+  for run in runs:
+    stem = run.run_id[:-len(run.config_hash) - 1]
+    pattern = re.compile(re.escape(stem) + r"-[0-9a-f]{6}")
+    old = sorted(n for n in names - planned if pattern.fullmatch(n))
+    if run.run_id not in names and old:
+      from experiments import identity, metrics
+      cfg_dict = config_lib.to_dict(run.cfg)
+      for name in old:
+        try:
+          recorded = metrics.read_json_object(os.path.join(store, name, identity.CONFIG))
+        except (OSError, ValueError):
+          continue
+        if not identity.differences(recorded, cfg_dict):
+          run = dataclasses.replace(run, run_id=name, config_hash=name[len(stem) + 1:])
+          names.discard(name)
+          break
+    out.append(run)
+  return out
 
 
 def flag_value(value):

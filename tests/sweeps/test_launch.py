@@ -52,6 +52,29 @@ def test_diverging_run_ends_diverged_and_the_sweep_goes_on(tmp_path):
   assert statuses == ["diverged", "done"], err
 
 
+def test_an_upgrade_that_adds_config_keys_keeps_the_stores_runs(tmp_path):
+  """Runs written before a config key existed have another hash in their id; relaunched,
+  the sweep takes their directories over (done stays done), and a directory whose config
+  really differs is not taken."""
+  import json
+  from experiments import config as config_lib
+  from sweeps import plan as plan_lib
+  spec = write_def(str(tmp_path), "up", [{"steps": 10}, {"steps": 12}])
+  store = tmp_path / "store"
+  runs = plan_lib.plan(plan_lib.load_sweep(spec))
+  old_ids = []
+  for run, change in zip(runs, ({}, {"optimizer.lr": 0.5})):
+    old = config_lib.to_dict(config_lib.override(run.cfg, change))
+    del old["attention"]["fused_bwd"]  # as written before that key was added
+    old_id = run.run_id[:-len(run.config_hash)] + "abc123"
+    (store / old_id).mkdir(parents=True)
+    (store / old_id / "config.json").write_text(json.dumps(old))
+    (store / old_id / "summary.json").write_text(json.dumps({"status": "done"}))
+    old_ids.append(old_id)
+  states = launch.launch(spec, str(store), dry_run=True, out=open(os.devnull, "w"))
+  assert states == {old_ids[0]: "done", runs[1].run_id: "new"}
+
+
 def test_invalid_override_key_fails_before_any_run_starts(tmp_path):
   spec = write_def(str(tmp_path), "bad", [{"steps": 10}, {"optimizer.lrr": 0.1}])
   store = tmp_path / "store"
