@@ -1,8 +1,11 @@
 """Kaplan et al. 2020 single-variable laws L(X) = E_X + (X_c / X)^alpha_X for X in N, D, C.
 
-Each law is fitted to the frontier in its variable: the points with lower loss than every point
-with smaller X (Kaplan's laws describe the best loss reachable at X when the other resources
-are not the bottleneck; in a mixed design the frontier is the closest observable to that).
+Each law is fitted to the frontier (lower envelope) in its variable: Kaplan's laws describe the
+best loss reachable at X when the other resources are not the bottleneck. Runs at the same X
+count once, by their lowest loss: for C the runs of one FLOP budget (points.buckets; an
+isoFLOP budget's runs differ in C by < 0.1%, so ordering them by exact C would let a budget's
+worse runs onto the frontier), for N and D equal values. The frontier keeps each X whose best
+loss is below the best of every smaller X.
 E_X is fitted when `irreducible` (FitOptions.irreducible, default) and fixed at 0 otherwise.
 Least squares on log L, optax L-BFGS from a small grid of starts (bootstrap: warm starts).
 """
@@ -12,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sweeps import lbfgs
+from sweeps import points as points_lib
 from sweeps.laws import base
 
 NAME = "kaplan"
@@ -31,20 +35,39 @@ def objective_pure(theta_P, data, weights_N):
   return jnp.sum(weights_N * (alpha * (log_xc - log_x) - log_loss) ** 2)
 
 
-def _frontier(x, loss, weights_RN):
-  """Weights selecting, per resample, points below the loss of every point with smaller x."""
-  order = np.argsort(x, kind="stable")
-  masked_RN = np.where(weights_RN > 0, loss, np.inf)[:, order]
-  previous_best = np.concatenate([np.full((len(masked_RN), 1), np.inf),
-                                  np.minimum.accumulate(masked_RN, axis=1)[:, :-1]], axis=1)
+def _groups(variable, x):
+  """Per point, the index (ascending in x) of the points counting as the same X."""
+  if variable == "C":
+    return points_lib.buckets(x)
+  return np.unique(x, return_inverse=True)[1]
+
+
+def _frontier(group, loss, weights_RN):
+  """Weights selecting, per resample, each group's lowest-loss point among those drawn, where
+  that loss is below every group with a smaller index: one point per X on the envelope. A
+  selected point weighs 1 however often its run was drawn, so each X counts once."""
+  order = np.lexsort((loss, group))
+  starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
+  ends = np.r_[starts[1:], len(order)]
+  masked_RN = np.where(weights_RN[:, order] > 0, loss[order], np.inf)
+  best_RG = np.stack([masked_RN[:, a:b].min(axis=1) for a, b in zip(starts, ends)], axis=1)
+  previous_RG = np.concatenate([np.full((len(best_RG), 1), np.inf),
+                                np.minimum.accumulate(best_RG, axis=1)[:, :-1]], axis=1)
+  keep_RG = (best_RG < previous_RG) & np.isfinite(best_RG)
+  rows = np.arange(len(masked_RN))
   select_RN = np.zeros_like(weights_RN)
-  select_RN[:, order] = (masked_RN < previous_best) & np.isfinite(masked_RN)
+  for g, (a, b) in enumerate(zip(starts, ends)):
+    first_R = a + np.argmin(masked_RN[:, a:b], axis=1)  # the first of equal losses
+    select_RN[rows[keep_RG[:, g]], order[first_R[keep_RG[:, g]]]] = 1.0
   return select_RN
 
 
 def _selections(points, weights_RN):
-  return {x: (getattr(points, x), _frontier(getattr(points, x), points.loss, weights_RN))
-          for x in VARIABLES}
+  out = {}
+  for variable in VARIABLES:
+    x = getattr(points, variable)
+    out[variable] = (x, _frontier(_groups(variable, x), points.loss, weights_RN))
+  return out
 
 
 def _starts(x, loss, irreducible):
@@ -88,7 +111,8 @@ def fit(points, options=None) -> dict:
   params, residuals, starts = {}, [], {}
   for variable, (x, select_RN) in _selections(points, np.ones((1, len(points)))).items():
     if select_RN.sum() < (3 if irreducible else 2):
-      raise ValueError(f"L({variable}) needs >= 3 distinct {variable} values with losses")
+      raise ValueError(f"L({variable}) needs >= {3 if irreducible else 2} distinct {variable} "
+                       "values on its loss frontier (C: FLOP budgets)")
     theta_RP = _solve(x, points.loss, select_RN, _starts(x, points.loss, irreducible)[None],
                       irreducible)
     starts[variable] = theta_RP[0]
@@ -97,7 +121,9 @@ def fit(points, options=None) -> dict:
     residuals += (np.log(predict(params, variable, x[sel])) - np.log(points.loss[sel])).tolist()
   return {"params": params, "derived": {}, "irreducible": irreducible, "residuals": residuals,
           "method": ("Kaplan et al. 2020 single-variable power laws on log L (least squares, "
-                     "optax L-BFGS), each on the loss frontier in its variable"
+                     "optax L-BFGS), each on the loss frontier in its variable: per X the lowest "
+                     f"loss (C: per FLOP budget, the runs within {points_lib.BUCKET_DECADES} "
+                     "decades below its largest), kept where below every smaller X"
                      + (", with an irreducible term E_X" if irreducible else "")),
           "_starts": starts}
 
