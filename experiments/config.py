@@ -8,7 +8,6 @@ import difflib
 import importlib.util
 import json
 import os
-import sys
 
 from absl import flags
 from ml_collections import config_dict
@@ -150,8 +149,7 @@ def parse_flags(argv, flag="config"):
         check_override_values(load(spec), argv, flag)
       except Exception as ours:  # noqa: BLE001 - any failure here is the message
         message = str(ours)
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(logs.EXIT_BAD_INPUT)
+    logs.exit_bad_input(message)  # as logs.parse_flags, the other CLIs' parser
 
 
 def argv_config_spec(argv, flag="config"):

@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 
-from absl import logging
+from absl import flags, logging
 
 # INFO lines come from chinchax only; the libraries' INFO (orbax logs every save,
 # jax its backend probing) is dropped, their warnings and errors pass.
@@ -51,3 +51,19 @@ def guard(body, bad_input=(ValueError,)):
   except KeyboardInterrupt as e:
     print(f"interrupted: {e}", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def exit_bad_input(message):
+  """Ends a CLI before its main as guard() ends bad input in it: `error: ...`, exit 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_flags(argv):
+  """Every CLI's absl `flags_parser` (app.run(main, flags_parser=logs.parse_flags)): a
+  malformed, unknown or invalid flag is bad input, so `error: flag --x=y: why` and
+  exit 2, where absl's default prints `FATAL Flags parsing error` and exits 1."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    exit_bad_input(e)

@@ -65,6 +65,23 @@ def _known_law(name: str) -> bool:
 flags.register_validator("law", _known_law)
 
 
+def _e_floor(text):
+  """--e_floor's value: None, 'auto' or a float."""
+  return text if text in (None, "auto") else float(text)
+
+
+def _valid_e_floor(text) -> bool:
+  # At parse time, so a bad value is a flag error (exit 2) like any other.
+  try:
+    _e_floor(text)
+  except ValueError:
+    raise flags.ValidationError("use 'auto' or a number (nats/token)") from None
+  return True
+
+
+flags.register_validator("e_floor", _valid_e_floor)
+
+
 def load_table(store=None, csv=None, law="chinchilla", status="done") -> tuple:
   """(frame, default column mapping) from exactly one of store / csv."""
   if (store is None) == (csv is None):
@@ -241,16 +258,10 @@ def main(argv):
   del argv
   logs.setup()
   if _OUT.value is None:
-    raise app.UsageError("--out=DIR is required")
-  e_floor = _E_FLOOR.value
-  if e_floor not in (None, "auto"):
-    try:
-      e_floor = float(e_floor)
-    except ValueError:
-      raise app.UsageError(f"--e_floor={e_floor!r}: use 'auto' or a number (nats/token)")
+    raise app.UsageError("--out=DIR is required", exitcode=logs.EXIT_BAD_INPUT)
   options = fitting.FitOptions(bootstrap=_BOOTSTRAP.value, seed=_SEED.value,
                                holdout_fraction=_HOLDOUT.value, tau=_TAU.value,
-                               irreducible=_IRREDUCIBLE.value, e_floor=e_floor)
+                               irreducible=_IRREDUCIBLE.value, e_floor=_e_floor(_E_FLOOR.value))
   _warn_unread_options(laws.get(_LAW.value))
 
   def body():
@@ -269,4 +280,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=logs.parse_flags)

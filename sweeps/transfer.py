@@ -23,7 +23,6 @@ curve per width, the optimum starred, hollow where not bracketed). OUT defaults 
 """
 import math
 import os
-import sys
 
 from absl import app, flags
 import numpy as np
@@ -231,7 +230,7 @@ def main(argv):
   del argv
   logs.setup()
   if sweep_flags.STORE.value is None:
-    raise app.UsageError("--store=DIR is required", exitcode=2)
+    raise app.UsageError("--store=DIR is required", exitcode=logs.EXIT_BAD_INPUT)
 
   def body():
     result = run(sweep_flags.STORE.value, FLAGS.axis, FLAGS.out, FLAGS.column,
@@ -246,4 +245,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  sys.exit(app.run(main))
+  app.run(main, flags_parser=logs.parse_flags)
