@@ -61,6 +61,22 @@ def count_key(n_kind: str) -> str:
   return "non_embedding" if "non_embedding" in n_kind else "total"
 
 
+def load_fit(path: str) -> dict:
+  """The fit.json a --fit names (prescribe, verify). A missing one is bad input that
+  says how to make it; `error: [Errno 2] ...` did not."""
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, "fit.json")):
+    raise ValueError(f"--fit={path} is a directory; name the fit file in it: "
+                     f"--fit={os.path.join(path, 'fit.json')}")
+  if not os.path.isfile(path):
+    raise ValueError(f"--fit={path}: the fit file does not exist; create it with "
+                     "`python -m sweeps.fit --store=STORE --out=DIR` (it writes DIR/fit.json)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as err:
+    raise ValueError(f"cannot read --fit={path}: {err}") from None
+
+
 def select_group(fit: dict, group=None) -> tuple:
   if "groups" not in fit:
     return fit, None
@@ -341,13 +357,12 @@ def main(argv):
   del argv
   logs.setup()
   if _FIT.value is None or _BUDGET.value is None:
-    raise app.UsageError("--fit=DIR/fit.json and --budget=FLOPS are required")
+    raise app.UsageError("--fit=DIR/fit.json and --budget=FLOPS are required",
+                         exitcode=logs.EXIT_BAD_INPUT)
 
   def body():
-    with open(_FIT.value) as f:
-      fit = json.load(f)
-    result = prescribe(fit, _BUDGET.value, group=_GROUP.value, batch_rule=_BATCH_RULE.value,
-                       variant=_VARIANT.value)
+    result = prescribe(load_fit(_FIT.value), _BUDGET.value, group=_GROUP.value,
+                       batch_rule=_BATCH_RULE.value, variant=_VARIANT.value)
     print(json.dumps(to_strict(result), indent=1, allow_nan=False)
           if _FORMAT.value == "json" else format_text(result))
     return 0
@@ -355,4 +370,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=logs.parse_flags)

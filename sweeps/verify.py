@@ -159,11 +159,7 @@ def verify(fit_path, budget, store, *, group=None, batch_rule="fitted", variant=
   """(report or None for a dry run, exit status). Bad input raises ValueError."""
   if not store:
     raise ValueError("--store=DIR is required: the verification run and its report go there")
-  try:
-    with open(fit_path) as f:
-      fit_top = json.load(f)
-  except (OSError, ValueError) as err:
-    raise ValueError(f"cannot read --fit={fit_path}: {err}") from None
+  fit_top = prescribe.load_fit(fit_path)
   p = prescribe.prescribe(fit_top, budget, group=group, batch_rule=batch_rule, variant=variant)
   fit, _ = prescribe.select_group(fit_top, p["group"])
   sweep = build_sweep(p, seed)
@@ -261,4 +257,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=logs.parse_flags)

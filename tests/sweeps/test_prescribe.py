@@ -1,5 +1,6 @@
 """Prescriptions: N_opt, D_opt, loss with intervals, and a concrete config within the budget."""
 import json
+import re
 import subprocess
 import sys
 
@@ -186,6 +187,22 @@ def test_cli_json_and_errors(isoflop_fit):
   fit = json.loads((isoflop_fit / "fit.json").read_text())
   with pytest.raises(ValueError, match="positive"):  # main() prints these without traceback
     prescribe.prescribe(fit, -1, lm.get_config("tiny"))
+
+
+def test_a_missing_or_unreadable_fit_says_how_to_make_one(tmp_path, isoflop_fit):
+  missing = tmp_path / "nofit" / "fit.json"
+  proc = subprocess.run([sys.executable, "-m", "sweeps.prescribe", f"--fit={missing}",
+                         "--budget=1e14"], capture_output=True, text=True)
+  assert proc.returncode == 2 and "Errno" not in proc.stderr, proc.stderr
+  assert proc.stderr == (f"error: --fit={missing}: the fit file does not exist; create it with "
+                         "`python -m sweeps.fit --store=STORE --out=DIR` (it writes "
+                         "DIR/fit.json)\n")
+  with pytest.raises(ValueError, match=re.escape(f"--fit={isoflop_fit / 'fit.json'}")):
+    prescribe.load_fit(str(isoflop_fit))  # the directory: name the file in it
+  (tmp_path / "bad.json").write_text("{")
+  with pytest.raises(ValueError, match="cannot read --fit=.*bad.json"):
+    prescribe.load_fit(str(tmp_path / "bad.json"))
+  assert prescribe.load_fit(str(isoflop_fit / "fit.json"))["law"] == "isoflop"
 
 
 def test_grouped_fit_needs_a_group_and_keeps_its_attention_kind(isoflop_fit):

@@ -139,7 +139,8 @@ def test_a_failed_run_exits_1_and_bad_input_exits_2(tmp_path, monkeypatch):
   proc = subprocess.run([sys.executable, "-m", "sweeps.verify", f"--fit={tmp_path / 'no.json'}",
                          "--budget=6e8", f"--store={store}"], cwd=REPO, capture_output=True,
                         text=True, timeout=60)
-  assert proc.returncode == 2 and "error: cannot read --fit=" in proc.stderr
+  assert proc.returncode == 2 and "the fit file does not exist" in proc.stderr
+  assert "python -m sweeps.fit --store=STORE --out=DIR" in proc.stderr
 
 
 def test_chinchax_help_lists_every_subcommand():
