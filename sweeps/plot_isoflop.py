@@ -32,17 +32,13 @@ def colors_for(entries):
   return plt.cm.viridis(0.85 * (z - z.min()) / max(z.max() - z.min(), 1e-12))
 
 
-def _log_interp(x_new, x, y):
-  """y(x_new) interpolated linearly in log x, log y (constant beyond the ends)."""
-  return np.exp(np.interp(np.log(x_new), np.log(x), np.log(y)))
-
-
 def budgets(fit_obj: dict, points, grid: int = 200) -> list[dict]:
   """Per FLOP budget (ascending C): its runs, the law's curve along the runs' actual (N, D),
   the fitted minimum, and whether that minimum is bracketed by the budget's sizes.
 
-  The curve's D(n) is interpolated log-linearly between the budget's own runs, so a run that
-  trained on more or fewer tokens than C/6N is plotted (and the law evaluated) where it is.
+  The curve's D(n) is interpolated log-linearly between the budget's own runs
+  (points.tokens_along_budget), so a run that trained on more or fewer tokens than C/6N is
+  plotted (and the law evaluated) where it is.
   """
   along = base.resolve(law_of(fit_obj).budget_curve)
   params = {**fit_obj.get("params", {}), **(fit_obj.get("derived") or {})}
@@ -54,15 +50,12 @@ def budgets(fit_obj: dict, points, grid: int = 200) -> list[dict]:
     n_runs, d_runs = points.N[sel], points.D[sel]
     c = float(np.exp(np.mean(np.log(points.C[sel]))))
     uniq = np.unique(n_runs)
-    # Mean log D per distinct N: repeated runs of one size give one interpolation node.
-    d_nodes = np.array([np.exp(np.mean(np.log(d_runs[n_runs == n]))) for n in uniq])
+    d_of = points_lib.tokens_along_budget(n_runs, d_runs)
     entry = {"C": c, "mask": sel, "N": n_runs, "D": d_runs, "loss": points.loss[sel],
              "curve": None, "vertex": None, "bracketed": None}
     if along is not None:
       n = np.geomspace(uniq[0], uniq[-1], grid) if len(uniq) >= 2 else None
-      d = None if n is None else _log_interp(n, uniq, d_nodes)
-      d_of = lambda n_new, uniq=uniq, d_nodes=d_nodes: _log_interp(n_new, uniq, d_nodes)
-      entry.update(along(fit_obj, params, entry, n, d, d_of))
+      entry.update(along(fit_obj, params, entry, n, None if n is None else d_of(n), d_of))
     if any(abs(np.log10(u) - np.log10(c)) <= points_lib.BUCKET_DECADES for u in flagged):
       entry["bracketed"] = False
     out.append(entry)

@@ -153,6 +153,16 @@ def from_frame(frame: pd.DataFrame, columns: dict, *, n_kind: str = "",
                 dropped=tuple(dropped))
 
 
+def tokens_along_budget(n_M, d_M):
+  """D(n) on one FLOP budget: log-linear between its runs' sizes (mean log D per distinct
+  size), constant beyond the ends. A budget's tokens at size n are its design (C over the
+  FLOPs per token of size n, not C/6n when C counts every executed FLOP), so a law's
+  D_opt and the plots read the tokens here rather than assume 6ND."""
+  sizes = np.unique(n_M)
+  nodes = np.array([np.mean(np.log(d_M[n_M == n])) for n in sizes])
+  return lambda n: np.exp(np.interp(np.log(n), np.log(sizes), nodes))
+
+
 def buckets(c) -> np.ndarray:
   """FLOP-budget index per value, ascending. From the largest C down, a budget holds the
   values within BUCKET_DECADES below its largest (not chained, so continuously spread C

@@ -6,6 +6,10 @@ the published grid of 4,500 starts; the best final objective wins. E = e^e, A = 
 
 With a known loss floor E0 (an exact entropy rate), `FitOptions(e_floor=E0)` bounds E >= E0
 by writing E = E0 + e^e: the objective is unchanged in form and stays smooth.
+
+The allocation spends C = k N D FLOPs, k = `flops_per_nd` read off the runs (the geometric
+mean of C / ND): the paper's 6 when C = 6ND, about 6.6 when C counts every executed FLOP of a
+small model (attention, logits), where C/6 would prescribe ~10% more tokens than a budget buys.
 """
 import itertools
 
@@ -20,7 +24,7 @@ NAME = "chinchilla"
 DELTA = 1e-3
 PARAMS = ("E", "A", "B", "alpha", "beta")
 MIN_POINTS_PER_PARAM = 2  # below this the fit is refused: 5 parameters need >= 10 points
-DERIVED = ("a", "b", "G")
+DERIVED = ("a", "b", "G", "flops_per_nd")
 BOOTSTRAP_STARTS = 4  # distinct local minima of the full fit that seed each bootstrap refit
 POLISH = 16  # float32 endpoints polished in float64
 REFIT_STARTS = 256  # distinct local minima of the full fit that seed its extrapolation refit
@@ -68,16 +72,25 @@ def _data(points, floor=0.0):
   return logs + (np.full(n_pad, floor),), n_pad
 
 
-def _named(theta_RP, floor=0.0) -> dict:
+def flops_per_nd(points, weights_RN=None):
+  """k in C = k N D: the (weighted) geometric mean of the runs' C / ND, per resample."""
+  log_k_N = np.log(points.C / (points.N * points.D))
+  if weights_RN is None:
+    return float(np.exp(np.mean(log_k_N)))
+  return np.exp((weights_RN * log_k_N).sum(-1) / weights_RN.sum(-1))
+
+
+def _named(theta_RP, floor=0.0, k=6.0) -> dict:
   a, b, e, alpha, beta = np.moveaxis(np.asarray(theta_RP, np.float64), -1, 0)
   values = {"E": floor + np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha,
             "beta": beta}
   values.update(derive(values))
+  values["flops_per_nd"] = np.broadcast_to(np.asarray(k, np.float64), np.shape(a)).copy()
   return values
 
 
 def derive(p: dict) -> dict:
-  """Compute-optimal allocation: N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b."""
+  """Compute-optimal allocation: N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b."""
   alpha, beta = np.asarray(p["alpha"]), np.asarray(p["beta"])
   with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
     total = alpha + beta
@@ -91,10 +104,12 @@ def predict(params: dict, n, d):
 
 
 def allocation(params: dict, c):
-  """(N_opt, D_opt, predicted loss) at training FLOPs c under C = 6ND."""
+  """(N_opt, D_opt, predicted loss) at training FLOPs c under C = k N D (k = 6 for a fit
+  that does not record it: published laws, older fit.json files)."""
   g, a, b = params["G"], params["a"], params["b"]
-  n_opt = g * (np.asarray(c) / 6) ** a
-  d_opt = (np.asarray(c) / 6) ** b / g
+  per_token = np.asarray(c) / params.get("flops_per_nd", 6.0)
+  n_opt = g * per_token ** a
+  d_opt = per_token ** b / g
   return n_opt, d_opt, predict(params, n_opt, d_opt)
 
 
@@ -126,7 +141,7 @@ def fit(points, options=None, starts=None) -> dict:
   if not np.isfinite(value_R[0]):
     raise ValueError("the Chinchilla fit found no finite objective from any of the 4,500 "
                      "starts; check that loss values are on a natural-log scale (nats/token)")
-  named = _named(theta_RP[0], floor)
+  named = _named(theta_RP[0], floor, flops_per_nd(points))
   params = {k: float(named[k]) for k in PARAMS}
   residuals = np.log(predict(params, points.N, points.D)) - np.log(points.loss)
   return {
@@ -137,7 +152,8 @@ def fit(points, options=None, starts=None) -> dict:
       "method": ("Hoffmann et al. 2022 Approach 3: sum of Huber(delta=1e-3) on log L, "
                  "optax L-BFGS from the 4,500-start grid (all starts in float32, best "
                  f"{POLISH} polished in float64), best objective kept"
-                 + (f"; E bounded below by the known floor {floor:.4g}" if floor else "")),
+                 + (f"; E bounded below by the known floor {floor:.4g}" if floor else "")
+                 + f"; allocation under C = k N D, k = {named['flops_per_nd']:.4g} from the runs"),
       "e_floor": floor or None,
       "_starts": _distinct(search_RSP[0], search_RS[0], BOOTSTRAP_STARTS),
       "_refit_starts": _distinct(search_RSP[0], search_RS[0], REFIT_STARTS),
@@ -154,7 +170,7 @@ def bootstrap(points, options, result, weights_RN) -> dict:
   starts_RSP = np.broadcast_to(result["_starts"], (r,) + result["_starts"].shape)
   theta_RP, value_R, _, _ = lbfgs.search_then_polish(objective, starts_RSP, data, padded_RN,
                                                      keep=BOOTSTRAP_STARTS)
-  named = _named(theta_RP, floor)
+  named = _named(theta_RP, floor, flops_per_nd(points, weights_RN))
   return {k: np.where(np.isfinite(value_R), v, np.nan) for k, v in named.items()}
 
 
@@ -184,7 +200,7 @@ LAW = base.Law(
     loss_at=predict, options=("e_floor",), n_params=len(PARAMS), isoflop_grid=True,
     checks=("sweeps.diagnostics:loss_exponents", "sweeps.diagnostics:irreducible_floor"),
     form=(r"$L(N, D) = E + A/N^{\alpha} + B/D^{\beta}$",
-          r"$N_{opt} = G\,(C/6)^{a},\ D_{opt} = G^{-1}(C/6)^{b}$"),
+          r"$N_{opt} = G\,(C/k)^{a},\ D_{opt} = G^{-1}(C/k)^{b}$,  $C = k N D$"),
     figures=(("isoflop.png", "sweeps.plot_isoflop:isoflop_figure"),),
     asymptote=("E", "irreducible loss"), residuals="sweeps.plot_residuals:log_loss_per_point",
     budget_curve=along_budget,

@@ -4,7 +4,9 @@ N_opt = N_coef * C^a and D_opt = D_coef * C^b through the parabolas' minima.
 Runs are grouped into budgets by log10 C (points.buckets). A budget counts only if it
 brackets its minimum (the parabola opens upward, its vertex lies inside the sampled sizes and
 the lowest loss is not at an end); the others are dropped and named, as Porian et al. do.
-D_opt at a budget is C / (6 N_opt), the convention of the paper. The minima's losses also give
+D_opt at a budget is the tokens its runs train on at size N_opt (points.tokens_along_budget):
+C / (6 N_opt) when C = 6ND, as in the paper, but right when C counts every executed FLOP, so b
+is fitted, not set to 1 - a. The minima's losses also give
 L_opt = loss_E + loss_coef * C^loss_exp (powerlaw.loss_floor picks loss_E), for prescriptions.
 """
 import numpy as np
@@ -18,7 +20,8 @@ buckets = points_lib.buckets
 
 
 def _minima(points, weights_RN=None):
-  """Per resample and budget: (C_G, log N_opt_RG, loss_min_RG); NaN where no valid minimum.
+  """Per resample and budget: (C_G, log N_opt_RG, D_opt_RG, loss_min_RG, parabola_RG3); NaN
+  where no valid minimum.
 
   Without weights (the fit itself) a budget must also have sampled sizes on both sides of
   its lowest loss; a resample only needs its parabola's vertex inside its sizes (requiring
@@ -43,7 +46,14 @@ def _minima(points, weights_RN=None):
     valid &= interior_minimum(points, weights_RN)
   x_opt = np.where(valid, x_opt, np.nan)
   loss_min = np.where(valid, p0 + p1 * x_opt + p2 * x_opt ** 2, np.nan)
-  return c_g, x_opt, loss_min, coef_RG3
+  # The tokens at the vertex come from all the budget's runs, resampled or not: they are
+  # the design's, not a noisy measurement.
+  d_opt = np.full_like(x_opt, np.nan)
+  for g in range(n_buckets):
+    sel = bucket == g
+    d_opt[:, g] = points_lib.tokens_along_budget(points.N[sel], points.D[sel])(
+        np.exp(x_opt[:, g]))
+  return c_g, x_opt, d_opt, loss_min, coef_RG3
 
 
 def interior_minimum(points, weights_RN):
@@ -65,7 +75,7 @@ def interior_minimum(points, weights_RN):
 def describe_budgets(points) -> list[dict]:
   """Per budget (ascending C): C, runs, distinct sizes, whether it brackets its minimum, and
   which end wins if not. The design check every isoFLOP analysis needs."""
-  c_g, x_opt, _, _ = _minima(points)
+  c_g, x_opt, _, _, _ = _minima(points)
   bucket = buckets(points.C)
   out = []
   for g, c in enumerate(c_g):
@@ -80,9 +90,9 @@ def describe_budgets(points) -> list[dict]:
   return out
 
 
-def _laws(c_g, x_opt_RG, loss_min_RG, loss_E=0.0) -> dict:
+def _laws(c_g, x_opt_RG, d_opt_RG, loss_min_RG, loss_E=0.0) -> dict:
   n_opt_RG = np.exp(x_opt_RG)  # NaN where a budget has no interior minimum
-  return powerlaw.allocation_laws(c_g, n_opt_RG, c_g / (6 * n_opt_RG), loss_min_RG, loss_E)
+  return powerlaw.allocation_laws(c_g, n_opt_RG, d_opt_RG, loss_min_RG, loss_E)
 
 
 allocation = powerlaw.allocation
@@ -90,7 +100,7 @@ N_PARAMS = 2  # per budget the parabola's vertex, then a line through the vertic
 
 
 def fit(points, options=None) -> dict:
-  c_g, x_opt, loss_min, coef = _minima(points)
+  c_g, x_opt, d_opt, loss_min, coef = _minima(points)
   used = np.isfinite(x_opt[0])
   if used.sum() < 2:
     bad = [f"C={b['C']:.3g} ({b['sizes']} sizes, lowest loss at the {b['best']})"
@@ -101,14 +111,14 @@ def fit(points, options=None) -> dict:
                         "optimum (sweeps.design.centered_isoflop) with sizes on both sides."
                         if bad else "Add FLOP budgets."))
   loss_E, how = powerlaw.loss_floor(c_g, loss_min[0], points.floor)
-  laws = {k: float(v[0]) for k, v in _laws(c_g, x_opt, loss_min, loss_E).items()}
+  laws = {k: float(v[0]) for k, v in _laws(c_g, x_opt, d_opt, loss_min, loss_E).items()}
   params = {k: laws[k] for k in ("a", "b", "N_coef", "D_coef")}
   n_pred = params["N_coef"] * c_g[used] ** params["a"]
   return {
       "params": params,
       "derived": {k: laws[k] for k in ("loss_E", "loss_coef", "loss_exp")},
       "budgets": {"C": c_g.tolist(), "N_opt": np.exp(x_opt[0]).tolist(),
-                  "loss_min": loss_min[0].tolist(), "parabola": coef[0].tolist(),
+                  "D_opt": d_opt[0].tolist(), "loss_min": loss_min[0].tolist(), "parabola": coef[0].tolist(),
                   "bracketed": used.tolist()},
       "residuals": (np.log(n_pred) - x_opt[0][used]).tolist(),
       "loss_E_source": how,
@@ -116,20 +126,21 @@ def fit(points, options=None) -> dict:
                  f"{BUCKET_DECADES} decades below its largest, C their geometric mean) a "
                  "least-squares parabola of loss in log N; "
                  "budgets without a bracketed minimum dropped; log-log least squares of the "
-                 "minima; D_opt = C / 6 N_opt; loss at the optimum L = loss_E + k C^loss_exp "
+                 "minima; D_opt the tokens the budget's runs train on at N_opt (log-linear between "
+                 "its sizes); loss at the optimum L = loss_E + k C^loss_exp "
                  f"(loss_E: {how})"),
   }
 
 
 def bootstrap(points, options, result, weights_RN) -> dict:
   """Resamples runs; loss_E stays at the full fit's value (the profile is not refit)."""
-  c_g, x_opt, loss_min, _ = _minima(points, weights_RN)
-  return _laws(c_g, x_opt, loss_min, result["derived"].get("loss_E", 0.0))
+  c_g, x_opt, d_opt, loss_min, _ = _minima(points, weights_RN)
+  return _laws(c_g, x_opt, d_opt, loss_min, result["derived"].get("loss_E", 0.0))
 
 
 def holdout_split(points, fraction=0.2):
   """Holds out the largest bracketed budgets, whole (at least one, leaving >= 2 to fit)."""
-  c_g, x_opt, _, _ = _minima(points)
+  c_g, x_opt, _, _, _ = _minima(points)
   good = np.flatnonzero(np.isfinite(x_opt[0]))
   n_out = max(1, int(round(fraction * len(good))))
   bucket = buckets(points.C)
@@ -141,7 +152,7 @@ def holdout_split(points, fraction=0.2):
 
 def extrapolate(result, heldout) -> dict:
   """Predicts the optimal N of the held-out budgets (those with a valid parabola there)."""
-  c_g, x_opt, _, _ = _minima(heldout)
+  c_g, x_opt, _, _, _ = _minima(heldout)
   ok = np.isfinite(x_opt[0])
   if not ok.any():
     return {"target": "N_opt", "error": "no held-out budget has a parabola with an interior "

@@ -9,6 +9,7 @@ import pytest
 
 from sweeps import fit as fit_cli
 from sweeps import fitting, points, synthetic
+from sweeps.laws import chinchilla
 
 TRUE = synthetic.TRUE
 
@@ -39,7 +40,6 @@ def test_chinchilla_recovers_known_law(chinchilla_fit):
 
 def test_chinchilla_objective_is_the_best_of_the_grid(chinchilla_fit, design):
   # Nudging the optimum in any direction must not lower the Huber objective.
-  from sweeps.laws import chinchilla
   pts = points.from_frame(design, points.CSV_COLUMNS)
   data = tuple(np.log(x) for x in (pts.N, pts.D, pts.loss)) + (np.zeros(len(pts)),)
   p = chinchilla_fit["params"]
@@ -53,9 +53,25 @@ def test_chinchilla_objective_is_the_best_of_the_grid(chinchilla_fit, design):
       assert float(chinchilla.objective(nudged, data, np.ones(len(pts)))) >= best * (1 - 1e-9)
 
 
+def test_chinchilla_allocation_spends_the_flops_the_runs_count(chinchilla_fit):
+  """C = k N D with k read off the runs: 6 for the 6ND design; at k = 6.6 (C counting
+  attention too) the allocation buys N D = C / 6.6, not the C / 6 that overspends 10%."""
+  assert chinchilla_fit["derived"]["flops_per_nd"] == pytest.approx(6.0)
+  frame = synthetic.isoflop_design(budgets=3, per_budget=4, seed=0)
+  frame["C"] = 6.6 * frame.N * frame.D
+  assert chinchilla.flops_per_nd(points.from_frame(frame, points.CSV_COLUMNS)) == \
+      pytest.approx(6.6)
+  params = {**chinchilla_fit["params"], **chinchilla_fit["derived"], "flops_per_nd": 6.6}
+  c = np.array([1e20, 1e22])
+  n, d, _ = chinchilla.allocation(params, c)
+  np.testing.assert_allclose(n * d, c / 6.6, rtol=1e-12)
+  n6, _, _ = chinchilla.allocation({k: v for k, v in params.items() if k != "flops_per_nd"}, c)
+  np.testing.assert_allclose(n6 / n, (6.6 / 6) ** params["a"], rtol=1e-12)
+
+
 def test_bootstrap_intervals_and_extrapolation(chinchilla_fit):
   intervals = chinchilla_fit["intervals"]
-  assert set(intervals) == {"E", "A", "B", "alpha", "beta", "a", "b", "G"}
+  assert set(intervals) == {"E", "A", "B", "alpha", "beta", "a", "b", "G", "flops_per_nd"}
   for key, (lo, hi) in intervals.items():
     value = {**chinchilla_fit["params"], **chinchilla_fit["derived"]}[key]
     assert lo <= hi and np.isfinite(lo) and np.isfinite(hi), key
@@ -81,7 +97,6 @@ def test_optimizer_is_deterministic_and_independent_of_lane_order(design):
   # Lanes are refilled as problems finish, so each start must come out the same whichever
   # lane (and alongside whichever other starts) it ran.
   from sweeps import lbfgs
-  from sweeps.laws import chinchilla
   pts = points.from_frame(design, points.CSV_COLUMNS)
   starts = chinchilla.start_grid()[::150]  # 30 starts from across the grid
   data = tuple(np.log(x) for x in (pts.N, pts.D, pts.loss)) + (np.zeros(len(pts)),)
@@ -185,7 +200,6 @@ def test_a_group_with_too_few_runs_is_named_not_fitted_and_the_others_fit(tmp_pa
 
 
 def test_extrapolation_refit_from_the_fits_local_minima_equals_a_full_grid_refit():
-  from sweeps.laws import chinchilla
   pts = points.from_frame(synthetic.isoflop_design(budgets=4, per_budget=6, seed=3),
                           points.CSV_COLUMNS)
   full_fit = chinchilla.fit(pts)

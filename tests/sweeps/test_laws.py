@@ -25,6 +25,24 @@ def test_isoflop_recovers_allocation_exponent(design_points):
   assert result["extrapolation"]["mean_abs_relative_error"] < 0.5
 
 
+def test_isoflop_d_opt_is_the_tokens_the_runs_trained_on():
+  """C counts every executed FLOP (here 6.6 ND, as attention adds to 6ND): D_opt is the
+  tokens a budget's runs had at N_opt, C / 6.6 N_opt, not the C / 6 N_opt of the paper's
+  convention (10% too many), and b is fitted, not set to 1 - a."""
+  frame = synthetic.isoflop_design(seed=3)
+  frame["D"] = frame.C / (6.6 * frame.N)
+  frame["loss"] = synthetic.chinchilla_loss(frame.N.values, frame.D.values, TRUE) * np.exp(
+      0.01 * np.random.default_rng(3).standard_normal(len(frame)))
+  pts = points.from_frame(frame, points.CSV_COLUMNS)
+  result = fitting.fit_points(pts, "isoflop", fitting.FitOptions(bootstrap=0))
+  p, budgets = result["params"], result["budgets"]
+  assert p["N_coef"] * p["D_coef"] == pytest.approx(1 / 6.6, rel=0.02)
+  used = np.asarray(budgets["bracketed"])
+  c, n, d = (np.asarray(budgets[k])[used] for k in ("C", "N_opt", "D_opt"))
+  np.testing.assert_allclose(d, c / (6.6 * n), rtol=1e-9)
+  assert abs(p["a"] - A_TRUE) < 0.03 and abs(p["b"] - (1 - A_TRUE)) < 0.03
+
+
 def test_isoflop_needs_bracketed_minima(design_points):
   one_budget = design_points.subset(design_points.C == design_points.C.min())
   with pytest.raises(ValueError, match="IsoFLOP needs >= 2 FLOP budgets"):
