@@ -6,17 +6,19 @@ drift from what the model, kernels and optimizer accept.
 """
 import math
 import os
+import re
 
 import kernels
 from experiments import packing, teacher as teacher_lib
 from experiments.optimizer import SCHEDULES
-from kernels import flash_lists, pv_skip
-from kernels.kinds import TILE_PARAMS
+from kernels import estimators, flash_lists, padding, pv_skip, sparse
+from kernels.kinds import (BLOCK_PARAMS, ESTIMATOR_PARAMS, FLASH_PARAMS, STAGE2_PARAMS,
+                           TILE_PARAMS)
 from kernels.linear_reference import FEATURE_MAPS
 from kernels.sparse import ESTIMATORS
 from models import thresholds
-from models.attention import SPARSE_KINDS, layer_kinds
-from models.layout import PARAMETRIZATIONS
+from models.attention import SPARSE_KINDS, kind_params, layer_kinds
+from models.layout import PARAMETRIZATIONS, head_dim as head_dim_of
 from models.parametrization import DEPTH_SCALINGS, check as check_parametrization
 from models.transformer import DTYPES
 
@@ -119,6 +121,7 @@ def _check_attention(cfg):
   # Any seq_len: the kernels pad to the block multiple inside (kernels/padding.py).
   _check_tiles(cfg)
   _check_sparse_training(cfg, kinds)
+  _check_estimators(cfg, kinds)
 
 
 def _check_tiles(cfg):
@@ -169,7 +172,10 @@ def _check_sparse_training(cfg, kinds):
   block kinds."""
   a, sparse = cfg.attention, [k for k in kinds if k in SPARSE_KINDS]
   if a.get("pv_threshold") is not None:
-    pv_skip.check_pv_threshold(a.pv_threshold)  # its message names the key's meaning
+    try:
+      pv_skip.check_pv_threshold(a.pv_threshold)  # its message says what the value means
+    except ValueError as e:
+      raise ValueError(_keyed(e)) from None
   distill = a.get("distill_weight", 0.0)
   if not (isinstance(distill, (int, float)) and math.isfinite(distill) and distill >= 0):
     raise ValueError(f"attention.distill_weight {distill!r} must be a finite number >= 0.")
@@ -191,6 +197,56 @@ def _check_sparse_training(cfg, kinds):
   if a.get("thresholds"):
     thresholds.check(a.thresholds, depth=cfg.model.depth, kinds_per_layer=kinds,
                      estimator=a.estimator, block_q=a.block_q, block_k=a.block_k)
+
+
+# The kernels' messages name an estimator or stage 2 parameter bare (`topk`); its
+# config key is attention.<name>.
+_PARAM_NAMES = re.compile(r"(?<![\w.])(%s)\b" % "|".join(sorted(
+    {name for table in (*ESTIMATOR_PARAMS.values(), STAGE2_PARAMS) for name in table},
+    key=len, reverse=True)))
+
+
+def _keyed(error):
+  return _PARAM_NAMES.sub(r"attention.\1", str(error))
+
+
+def _check_estimators(cfg, kinds):
+  """Each block layer's estimator parameters as the kernels check them when the model
+  is traced (kernels.sparse, kernels.estimators), here before anything is written and
+  naming the config keys. A layer's calibrated params (attention.thresholds) are
+  named by the file and layer they come from."""
+  a, seen = cfg.attention, set()
+  for layer, kind in enumerate(kinds):
+    spec = kernels.kinds.get(kind)
+    if not spec.estimators:
+      continue
+    calibrated = thresholds.layer_params(a.get("thresholds"), layer)
+    params = {**kind_params(a, kind), **calibrated}
+    # Which estimator runs: as kernels.sparse.estimate_block_sparse / _spectral pick it.
+    estimator = (params.pop("estimator", None) or spec.params.get("estimator")
+                 or spec.estimators[0])
+    block_q, block_k = (params.get(n, spec.params.get(n, d)) for n, d in BLOCK_PARAMS.items())
+    mask = {n: v for n, v in params.items()
+            if n not in BLOCK_PARAMS and n not in FLASH_PARAMS and n not in STAGE2_PARAMS}
+    key = (estimator, block_q, block_k, tuple(sorted(mask.items())), bool(calibrated))
+    if key in seen:
+      continue
+    seen.add(key)
+    head_dim = head_dim_of(cfg.model)
+    try:
+      # kernels.sparse's own check (private: it runs at trace time), so this cannot drift.
+      sparse._check_params(estimator, head_dim, padding.num_blocks(cfg.seq_len, block_q),
+                           padding.num_blocks(cfg.seq_len, block_k), block_q, block_k, mask)
+      if estimator == "prism":
+        estimators.band_dims(head_dim, mask.get("high_freq_dims"), mask.get("low_freq_dims"))
+    except ValueError as e:
+      if calibrated:
+        raise ValueError(f"attention.thresholds={a.thresholds!r}: layer {layer}'s params "
+                         f"with the config's: {e}") from None
+      message = _keyed(e)
+      if "estimator" in spec.params:  # the config picks it
+        message = re.sub(r"(?<![\w.-])estimator (?=')", "attention.estimator ", message)
+      raise ValueError(f"{message.rstrip('.')} ({kind} layers).") from None
 
 
 def _check_packing(cfg):

@@ -1,13 +1,16 @@
 """Bad config values fail in validate() (or on the command line) with a message
 naming the key and the value, before anything is written; valid configs pass."""
+import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from tests.helpers import LM_CONFIG
+from tests.helpers import LM_CONFIG, REPO
 from experiments import config as config_lib, train, validation
 from experiments.configs import lm
 
@@ -41,6 +44,28 @@ BAD = {
                               ["attention.pattern entry 1 'sparse'", "'dense'"]),
     "impl": ({"attention.impl": "triton"}, ["attention.impl 'triton'", "'pallas'"]),
     "estimator": ({"attention.estimator": "topk"}, ["attention.estimator 'topk'", "'static'"]),
+    # The kernels check these when the model is traced; validate names the config keys.
+    "sparge_without_topk_or_topp": ({"attention.kind": "block_sparse",
+                                     "attention.estimator": "sparge"},
+                                    ["attention.estimator 'sparge' needs attention.topk",
+                                     "attention.topp (e.g. 0.98)"]),
+    "sparge_in_a_pattern": ({"attention.pattern": ("dense", "block_sparse"),
+                             "attention.estimator": "sparge"},
+                            ["attention.topk", "(block_sparse layers)"]),
+    "topk_above_one": ({"attention.kind": "block_sparse", "attention.estimator": "sparge",
+                        "attention.topk": 1.5}, ["attention.topk must be a fraction", "1.5"]),
+    "window_blocks_zero": ({"attention.kind": "block_sparse", "attention.window_blocks": 0},
+                           ["attention.window_blocks must be an int >= 1", "got 0"]),
+    "max_blocks_below_the_diagonal": ({"attention.kind": "block_sparse", "attention.block_q": 16,
+                                       "attention.block_k": 8, "attention.estimator": "sparge",
+                                       "attention.topk": 0.5, "attention.max_blocks": 1},
+                                      ["attention.max_blocks must be an int >= 2", "got 1"]),
+    "high_freq_dims_odd": ({"attention.kind": "spectral", "attention.high_freq_dims": 3},
+                           ["attention.high_freq_dims must be even", "got 3", "(spectral"]),
+    "low_freq_dims_too_wide": ({"attention.kind": "spectral", "attention.low_freq_dims": 30},
+                               ["attention.low_freq_dims must be even", "got 30"]),
+    "pv_threshold_positive": ({"attention.kind": "block_sparse", "attention.pv_threshold": 3.0},
+                              ["attention.pv_threshold (SpargeAttn's lambda)", "got 3.0"]),
     "feature_map": ({"attention.feature_map": "softmax"}, ["attention.feature_map 'softmax'",
                                                            "'elu1'"]),
     "block_q_zero": ({"attention.block_q": 0}, ["attention.block_q 0"]),
@@ -199,6 +224,31 @@ def test_values_only_the_kernels_check_fail_before_the_workdir_exists(tmp_path, 
   with pytest.raises(ValueError, match="window_blocks"):
     train.run(cfg, str(workdir))
   assert not workdir.exists()
+
+
+def test_calibrated_params_are_checked_and_named_by_their_file(tmp_path, micro_cfg):
+  path = tmp_path / "t.json"
+  path.write_text(json.dumps({
+      "format": "chinchax.thresholds/1", "kind": "block_sparse", "estimator": "sparge",
+      "block_q": 16, "block_k": 16, "target_error": 0.01,
+      "layers": [{"layer": 0, "params": {"topk": 0.5}}, {"layer": 1, "params": {"topk": 1.5}}]}))
+  cfg = micro_cfg(**{"attention.kind": "block_sparse", "attention.estimator": "sparge",
+                     "attention.block_q": 16, "attention.block_k": 16,
+                     "attention.thresholds": str(path)})  # no config topk: the file's
+  with pytest.raises(ValueError, match=re.escape(
+      f"attention.thresholds={str(path)!r}: layer 1's params with the config's: topk must")):
+    validation.validate(cfg)
+
+
+def test_sparge_without_topk_on_the_command_line_names_the_keys(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train", f"--config={LM_CONFIG}:tiny",
+       f"--workdir={tmp_path / 'never'}", "--compile_only", "--config.attention.kind=block_sparse",
+       "--config.attention.estimator=sparge"], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "error: attention.estimator 'sparge' needs attention.topk" in proc.stderr
+  assert "Traceback" not in proc.stderr and not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("kind", ["block_sparse", "spectral"])
