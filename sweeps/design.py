@@ -6,7 +6,9 @@ design here starts from a prior: tokens = k x params (Chinchilla's k ~ 20), i.e.
 N*(C) = sqrt(C / 6k) under C = 6ND, and places `per_budget` sizes log-evenly over
 `span_decades` around N*, each the ladder shape whose exact parameter count (models.flops,
 for the sweep's own base config) is nearest. Steps then follow from each shape's exact FLOPs
-per token (define.StepsForBudget). Imports no JAX.
+per token (define.StepsForBudget). `check` lists what a planned sweep gets wrong (runs
+shorter than their warmup, far past any optimum, budgets that cannot bracket theirs).
+Imports no JAX.
 
   count = design.param_counter("experiments/configs/lm.py:tiny", base_overrides)
   runs = design.centered_isoflop([1e11, 1e12], count, tokens_per_param=20, per_budget=5)
@@ -91,3 +93,35 @@ def centered_isoflop(budgets, count, *, tokens_per_param=20.0, per_budget=5, spa
                                       shapes=shapes)
            for b in budgets}
   return define.isoflop(sorted(sizes), sizes)
+
+
+def check(runs, *, tokens_per_param=20.0, max_tokens_per_param=1000.0):
+  """Problems of a planned isoFLOP sweep (plan.plan's runs) as printable lines, [] if none:
+  runs with fewer steps than their LR warmup, runs past `max_tokens_per_param` (far beyond
+  any optimum: the budget is spent on a model that is too small), and budgets with >= 3
+  sizes that do not bracket the prior optimum N*(C) (their parabola cannot find the
+  minimum: Approach 2 drops them)."""
+  problems = []
+  for r in runs:
+    warmup = r.cfg.optimizer.warmup_steps
+    if r.cfg.steps < warmup:
+      problems.append(f"{r.run_id}: {r.cfg.steps} steps, fewer than its {warmup} warmup steps")
+    if r.tokens > max_tokens_per_param * r.params:
+      problems.append(f"{r.run_id}: {r.tokens / r.params:.3g} tokens per parameter "
+                      f"(> {max_tokens_per_param:g})")
+  # Budgets: runs within a factor 1.1 of the smallest FLOPs of their group (a run spends its
+  # budget to within one step).
+  groups = []
+  for r in sorted(runs, key=lambda r: r.flops):
+    if groups and r.flops <= 1.1 * groups[-1][0].flops:
+      groups[-1].append(r)
+    else:
+      groups.append([r])
+  for group in groups:
+    sizes = sorted({r.params for r in group})
+    center = prior_optimum(max(r.flops for r in group), tokens_per_param)
+    if len(sizes) >= 3 and not sizes[0] < center < sizes[-1]:
+      problems.append(f"budget {group[0].flops:.3g}: sizes {sizes[0]:.3g}..{sizes[-1]:.3g} do "
+                      f"not bracket N* = {center:.3g} ({tokens_per_param:g} tokens per "
+                      "parameter); centre them with centered_isoflop")
+  return problems

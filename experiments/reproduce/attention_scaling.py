@@ -21,9 +21,14 @@ Variants:
            75 runs, under 25 minutes on 2 cores. Each budget's shapes span 0.9 decades around
            a prior of 100 tokens per parameter (TOKENS_PER_PARAM).
 - `paper`  cluster: seq 2048, blocks 128, budgets 1e17..1e21 x 6 shapes x 5 kinds (150 runs,
-           lm.py:small on pystdlib: point data.* at a real corpus there).
+           lm.py:small on pystdlib: point data.* at a real corpus there). Each budget's shapes
+           span 1.2 decades around a prior of 20 tokens per parameter (8e6..1.1e8 parameters
+           at 1e17, 7.4e8..1.2e10 at 1e21); the batch doubles per decade (64..1024 x 2048
+           tokens), so runs take ~900..1e5 steps.
 - `smoke`  2 kinds x 3 shapes at one budget, seconds per run (tests).
 """
+import math
+
 from sweeps import define, design
 
 KINDS = [
@@ -61,10 +66,34 @@ def tiny_shapes():
           if s["model.depth"] == 2 or (s["model.depth"] == 4 and s["model.width"] >= 32)]
 
 
-PAPER_SIZES = [define.model_size(w, d, h, kv_heads=h // 2, mlp_ratio=4) for w, d, h in
-               [(256, 4, 4), (384, 6, 6), (512, 8, 8), (768, 12, 12), (1024, 16, 16),
-                (1536, 20, 12)]]
-PAPER_BASE = {"data.corpus": "pystdlib", "seq_len": 2048, "batch_size": 64,
+PAPER_CONFIG = "experiments/configs/lm.py:small"
+PAPER_BUDGETS = (1e17, 1e18, 1e19, 1e20, 1e21)
+# Chinchilla's prior (Hoffmann et al.: ~20 tokens per parameter), N*(1e21) ~ 2.9e9; 1.2 decades
+# of sizes keep a minimum 0.35 decades smaller (100 tokens per parameter, what `tiny` measured
+# on bytes) inside every budget.
+PAPER_TOKENS_PER_PARAM = 20.0
+PAPER_SPAN_DECADES = 1.2
+PAPER_BATCH = 64  # sequences per step at the smallest budget; doubled per decade of budget
+
+
+def paper_shapes():
+  """Head dim 64, grouped KV (kv_heads = heads / 2), width/depth 32..128, even depths (the
+  hybrid alternates layers): 5.6e5 to 2.5e10 parameters."""
+  ladder = design.shape_ladder(widths=(128, 192, 256, 320, 384, 512, 640, 768, 1024, 1280,
+                                       1536, 2048, 2560, 3072, 4096, 5120),
+                               max_depth=64, min_aspect=32, max_aspect=128, head_dim=64,
+                               mlp_ratio=4)
+  return [dict(s, **{"model.kv_heads": s["model.heads"] // 2}) for s in ladder
+          if s["model.depth"] % 2 == 0 and s["model.heads"] % 2 == 0]
+
+
+def paper_batch(budget):
+  """Batch ~ C^0.3 (DeepSeek-AI 2024 fit B_opt ~ C^0.33): 64 x 2048 tokens at 1e17, 1024 at
+  1e21, so the top budget takes ~1e4-1e5 steps instead of ~1e6."""
+  return round(PAPER_BATCH * 2 ** math.log10(budget / PAPER_BUDGETS[0]))
+
+
+PAPER_BASE = {"data.corpus": "pystdlib", "seq_len": 2048, "batch_size": PAPER_BATCH,
               "attention.block_q": 128, "attention.block_k": 128,
               "optimizer.lr": 1e-3, "optimizer.warmup_steps": 200, "log_every": 50,
               "eval_every": 500, "checkpoint_every": 1000}
@@ -82,9 +111,16 @@ def get_sweep(arg=None):
     return define.Sweep(name="attn-tiny", config=TINY_CONFIG, base=TINY_BASE,
                         runs=define.product(sizes, KINDS))
   if arg == "paper":
-    runs = define.product(define.isoflop([1e17, 1e18, 1e19, 1e20, 1e21], PAPER_SIZES), KINDS)
-    return define.Sweep(name="attn-paper", config="experiments/configs/lm.py:small",
-                        base=PAPER_BASE, runs=runs)
+    count = design.param_counter(PAPER_CONFIG, PAPER_BASE)
+    shapes = paper_shapes()
+    sizes = []
+    for budget in PAPER_BUDGETS:
+      batch = {"batch_size": paper_batch(budget), define.TAG: ""}
+      sizes += define.product(design.centered_isoflop(
+          [budget], count, tokens_per_param=PAPER_TOKENS_PER_PARAM, per_budget=6,
+          span_decades=PAPER_SPAN_DECADES, shapes=shapes), [batch])
+    return define.Sweep(name="attn-paper", config=PAPER_CONFIG, base=PAPER_BASE,
+                        runs=define.product(sizes, KINDS))
   if arg == "smoke":
     sizes = [define.model_size(w, 2, 1) for w in (8, 12, 16)]
     runs = define.product(define.isoflop([3e8], sizes), [KINDS[0], KINDS[3]])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import validation
-from sweeps import plan, reproduce, synthetic
+from sweeps import define, design, plan, reproduce, synthetic
 from tests.helpers import REPO
 
 NAMES = ("attention_scaling", "chinchilla_isoflop", "kaplan_vs_chinchilla", "mup_transfer")
@@ -57,6 +57,47 @@ def test_attention_scaling_tiny_is_one_cpu_sized_grid_for_every_kind():
   # The CPU promise (under 25 minutes on 2 cores) rests on this total; the README's table
   # was measured at it.
   assert len(runs) == 75 and sum(r.flops for r in runs) < 1.2e13
+
+
+
+def test_attention_scaling_paper_centres_every_budget_on_its_optimum():
+  module = _module("attention_scaling")
+  runs = plan.plan(module.get_sweep("paper"))
+  assert len(runs) == 150  # 5 budgets x 6 shapes x 5 layouts
+  assert design.check(runs, tokens_per_param=module.PAPER_TOKENS_PER_PARAM) == []
+  layouts = {}
+  for r in runs:
+    assert r.cfg.steps >= r.cfg.optimizer.warmup_steps, r.run_id
+    assert r.tokens <= 1000 * r.params, r.run_id
+    layout = "+".join(r.cfg.attention.pattern) or r.cfg.attention.kind
+    budget = float(f"{r.flops:.2g}")
+    layouts.setdefault(layout, {}).setdefault(budget, []).append(r)
+  shapes = {layout: sorted((b, r.cfg.model.width, r.cfg.model.depth) for b, rs in by.items()
+                           for r in rs) for layout, by in layouts.items()}
+  assert len({tuple(v) for v in shapes.values()}) == 1  # the same shapes for every kind
+  for layout, by_budget in layouts.items():
+    assert sorted(by_budget) == list(module.PAPER_BUDGETS), layout
+    for budget, rs in by_budget.items():
+      n_star = design.prior_optimum(budget, module.PAPER_TOKENS_PER_PARAM)
+      sizes = sorted(r.params for r in rs)
+      assert len(set(sizes)) == 6 and sizes[0] < n_star < sizes[-1], (layout, budget, sizes)
+      assert all(r.cfg.model.depth % 2 == 0 for r in rs)  # the hybrid has both layer kinds
+
+
+def test_design_check_flags_fixed_sizes_across_four_decades_of_budgets():
+  """The former `paper` design: six sizes 4e6..7e8 at every budget 1e17..1e21."""
+  module = _module("attention_scaling")
+  sizes = [define.model_size(w, d, h, kv_heads=h // 2, mlp_ratio=4) for w, d, h in
+           [(256, 4, 4), (384, 6, 6), (512, 8, 8), (768, 12, 12), (1024, 16, 16), (1536, 20, 12)]]
+  sweep = define.Sweep(name="attn-old", config=module.PAPER_CONFIG,
+                       base=dict(module.PAPER_BASE, batch_size=64),
+                       runs=define.isoflop(module.PAPER_BUDGETS, sizes))
+  text = "\n".join(design.check(plan.plan(sweep)))
+  assert "C1e17-N7.1e8" in text and "fewer than its 200 warmup steps" in text
+  assert "C1e21-N4.1e6" in text and "tokens per parameter (> 1000)" in text
+  for budget in ("1e+20", "1e+21"):
+    assert f"budget {budget}: sizes 4.07e+06..7.09e+08 do not bracket" in text, text
+  assert "budget 1e+19" not in text
 
 
 def test_isoflop_reproductions_tiny_share_the_quickstart_runs():
