@@ -3,7 +3,8 @@
 `check(fit, points, law, options)` returns diagnostics, each `{code, level, message}` with level
 `info` | `warn` | `degenerate`; `quality(diagnostics)` is the worst level ("ok" when nothing
 is above info). Checks (Besiroglu et al. 2024; Porian et al. 2024; Epoch's notebooks):
-isoFLOP budgets that do not bracket their minimum, each named; exponents outside a plausible
+isoFLOP budgets that do not bracket their minimum, each named, or whose parabola misses
+its runs (with the allocation exponent refit without it); exponents outside a plausible
 range or at the start grid's bound; E below a known floor of the loss, or vanishing; too few
 points per fitted parameter; an extrapolation check that could not be made or missed; wide
 or failed bootstrap intervals. Which checks apply comes from the law (`sweeps.laws.Law`):
@@ -24,6 +25,10 @@ EXTRAPOLATION_WARN = {"loss": 0.02, "N_opt": 0.5}  # mean |relative error| on he
 WIDE_A_INTERVAL = 0.3  # 95% interval of a wider than this: the allocation is not measured
 FEW_POINTS_PER_PARAM = 3
 E_UNIDENTIFIED = 0.25  # E's interval reaching below this share of E: E is not measured
+# A budget whose parabola residuals (RMS, nats) exceed this many times the median budget's,
+# and PARABOLA_MISFIT_NATS, is not parabola-shaped over its sizes: its vertex is biased.
+PARABOLA_MISFIT = 3.0
+PARABOLA_MISFIT_NATS = 0.01
 
 
 def diag(code, level, message, **extra) -> dict:
@@ -137,6 +142,57 @@ def loss_floor_at_zero(fit, points) -> list:
                f"{fit.get('loss_E_source', 'not fitted')}), so L_opt = k C^loss_exp falls "
                "forever and under-predicts losses far beyond the fitted FLOPs; the "
                "allocation (a, b) does not use it; --law=chinchilla fits E itself")]
+
+
+def parabola_misfit(fit, points) -> list:
+  """IsoFLOP budgets whose parabola in log N misses their runs (residual RMS several times
+  the typical budget's): over too wide a size range the profile is not parabolic (a badly
+  undertrained large model rises steeply), so the budget's N_opt and loss_min are biased.
+  How much that matters is measured: the allocation exponent refit without the budget. A
+  shift within half of a's interval is info; beyond it, or with no interval, a warning."""
+  budgets = fit.get("budgets") or {}
+  if not budgets.get("parabola"):
+    return []
+  bucket = points_lib.buckets(points.C)
+  rms = np.full(len(budgets["parabola"]), np.nan)
+  worst = [None] * len(rms)
+  for g, coef in enumerate(budgets["parabola"]):
+    p = np.asarray([np.nan if v is None else v for v in coef], float)
+    sel = bucket == g
+    if np.all(np.isfinite(p)) and sel.any():
+      x = np.log(points.N[sel])
+      r = points.loss[sel] - (p[0] + p[1] * x + p[2] * x ** 2)
+      rms[g], worst[g] = np.sqrt(np.mean(r ** 2)), (points.N[sel][np.argmax(np.abs(r))],
+                                                    r[np.argmax(np.abs(r))])
+  used = np.asarray(budgets.get("bracketed") or [False] * len(rms), bool) & np.isfinite(rms)
+  if used.sum() < 3:
+    return []
+  typical = float(np.median(rms[used]))
+  c_g = np.asarray(budgets["C"], float)
+  n_g = np.asarray([np.nan if v is None else v for v in budgets["N_opt"]], float)
+  a = fit.get("params", {}).get("a")
+  lo, hi = (fit.get("intervals") or {}).get("a") or (None, None)
+  out = []
+  for g in np.flatnonzero(used):
+    if not (rms[g] > PARABOLA_MISFIT * typical and rms[g] > PARABOLA_MISFIT_NATS):
+      continue
+    keep = used & (np.arange(len(rms)) != g)
+    a_without = float(np.polyfit(np.log(c_g[keep]), np.log(n_g[keep]), 1)[0])
+    bounded = lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi)
+    shift = abs(a_without - a) if a is not None else np.inf
+    level = "info" if bounded and shift <= (hi - lo) / 2 else "warn"
+    n_far, r_far = worst[g]
+    loss_min = (budgets.get("loss_min") or [None] * len(rms))[g]
+    best = points.loss[bucket == g].min()
+    out.append(diag(
+        "parabola_misfit", level,
+        f"budget C={c_g[g]:.3g}: its parabola in log N misses the runs (residual RMS "
+        f"{rms[g]:.3g} nats vs {typical:.3g} typical; {r_far:+.3g} at N={n_far:.3g}), so its "
+        f"vertex may be biased (loss_min {loss_min:.4g} vs best run {best:.4g}). Without it "
+        f"a = {a_without:.3g} (fit {a:.3g}"
+        + (f", interval [{lo:.3g}, {hi:.3g}])" if bounded else ")")
+        + ". Narrow that budget's sizes around its minimum or add sizes near it.", C=c_g[g]))
+  return out
 
 
 def _points(fit, points, law) -> list:

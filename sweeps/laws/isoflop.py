@@ -217,7 +217,7 @@ def fitted_range(fit_obj: dict, points):
 LAW = base.Law(
     name=NAME, fit=fit, bootstrap=bootstrap, extrapolate=extrapolate, allocation=allocation,
     holdout_split=holdout_split, isoflop_grid=True,
-    checks=("sweeps.diagnostics:loss_floor_at_zero",),
+    checks=("sweeps.diagnostics:loss_floor_at_zero", "sweeps.diagnostics:parabola_misfit"),
     form=(r"$N_{opt} = N_{coef}\,C^{a},\ D_{opt} = D_{coef}\,C^{b}$",
           r"$L_{opt} = loss_{coef}\,C^{loss_{exp}}$"),
     figures=(("isoflop.png", "sweeps.plot_isoflop:isoflop_figure"),),

@@ -174,3 +174,19 @@ def test_isoflop_loss_without_a_floor_is_said():
   assert not diagnostics.loss_floor_at_zero({**profiled, "derived": {"loss_E": 1.2}}, None)
   known = {"loss_E_source": "known floor of the data", "derived": {"loss_E": 0.0}}
   assert not diagnostics.loss_floor_at_zero(known, None)
+
+
+def test_a_budget_its_parabola_misses_is_named_with_the_exponent_without_it():
+  frame = synthetic.isoflop_design(budgets=5, per_budget=8, seed=3)
+  clean = fitting.fit_points(points.from_frame(frame, points.CSV_COLUMNS), "isoflop",
+                             fitting.FitOptions(bootstrap=20))
+  assert "parabola_misfit" not in _codes(clean)
+  # The smallest budget's profile, steeper at both ends than a parabola in log N.
+  small = frame.C == frame.C.min()
+  x = np.log(frame.N[small])
+  frame.loc[small, "loss"] += 0.3 * ((x - x.mean()) / (x.max() - x.mean())) ** 6
+  result = fitting.fit_points(points.from_frame(frame, points.CSV_COLUMNS), "isoflop",
+                              fitting.FitOptions(bootstrap=20))
+  (note,) = [d for d in result["diagnostics"] if d["code"] == "parabola_misfit"]
+  assert note["C"] == pytest.approx(frame.C.min(), rel=1e-6)
+  assert note["level"] in ("info", "warn") and "Without it a = " in note["message"]
