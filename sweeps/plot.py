@@ -46,6 +46,16 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fo
          "grid.linewidth": 0.6}
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_path(path: str) -> str:
+  """A notebook parameter's path (CHINCHAX_STORE, CHINCHAX_CSV), absolute: a relative one
+  is read from the repository root, where the README's commands run and write, whatever
+  the working directory (Jupyter starts a notebook in notebooks/)."""
+  return os.path.normpath(os.path.join(REPO, os.path.expanduser(path)))
+
+
 def beside(source: str) -> str:
   """The figures directory of a store or CSV, beside it: runs/attn -> runs/attn-figures,
   refits/runs.csv -> refits/runs-figures (created). Notebooks write their PNGs there, so a

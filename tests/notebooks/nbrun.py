@@ -14,9 +14,10 @@ def path(name: str) -> str:
   return os.path.join(REPO, "notebooks", name)
 
 
-def execute(name: str, monkeypatch, **env) -> nbformat.NotebookNode:
-  """Executes notebooks/NAME top to bottom; fails on any cell error (nbclient raises
-  CellExecutionError naming the cell) and returns the executed notebook."""
+def execute(name: str, monkeypatch, cwd=REPO, cells=None, **env) -> nbformat.NotebookNode:
+  """Executes notebooks/NAME top to bottom in cwd (or only cells(nb.cells)); fails on any
+  cell error (nbclient raises CellExecutionError naming the cell) and returns the executed
+  notebook."""
   for key in PARAMETERS:
     monkeypatch.delenv(key, raising=False)
   for key, value in env.items():
@@ -24,8 +25,10 @@ def execute(name: str, monkeypatch, **env) -> nbformat.NotebookNode:
   monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   monkeypatch.setenv("MPLBACKEND", "Agg")
   nb = nbformat.read(path(name), as_version=4)
+  if cells is not None:
+    nb.cells = cells(nb.cells)
   NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": REPO}}).execute()
+                 resources={"metadata": {"path": cwd}}).execute()
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if o.output_type == "error"]
   assert not errors, errors

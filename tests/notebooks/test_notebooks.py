@@ -5,7 +5,9 @@ import json
 import math
 import os
 
+import nbformat
 import numpy as np
+import pytest
 
 from experiments.configs import lm
 from experiments.metrics import write_json_atomic
@@ -128,3 +130,42 @@ def test_attention_scaling_says_how_to_make_its_store(tmp_path, monkeypatch):
                      match="sweeps.reproduce --name=attention_scaling:tiny"):
     nbrun.execute("attention_scaling.ipynb", monkeypatch,
                   CHINCHAX_STORE=str(tmp_path / "missing"))
+
+
+# Each notebook's parameter: (environment variable, the variable its parameter cell sets).
+PARAMETERS = {"attention_scaling.ipynb": ("CHINCHAX_STORE", "STORE"),
+              "scaling_curves.ipynb": ("CHINCHAX_STORE", "STORE"),
+              "mup_transfer.ipynb": ("CHINCHAX_STORE", "STORE"),
+              "chinchilla_refit.ipynb": ("CHINCHAX_CSV", "CSV")}
+
+
+def test_every_notebook_has_its_parameter_listed():
+  assert sorted(PARAMETERS) == [os.path.basename(nb) for nb in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETERS))
+def test_a_relative_parameter_is_read_from_the_repository_root(tmp_path, monkeypatch, name):
+  """Jupyter starts a notebook in notebooks/, the README's commands write from the root:
+  CHINCHAX_STORE=runs/quickstart names REPO/runs/quickstart from either (plot.repo_path).
+  The path is relative to the root, so from notebooks/ as the working directory it
+  names nothing."""
+  variable, python_name = PARAMETERS[name]
+  target = tmp_path / ("runs.csv" if variable == "CHINCHAX_CSV" else "store")
+  if variable == "CHINCHAX_CSV":
+    target.write_text("N,C,loss\n1e8,1e18,3.0\n")
+  else:
+    target.mkdir()
+
+  def parameter_cell(cells):
+    first = next(c for c in cells if c.cell_type == "code" and variable in c.source)
+    return [first, nbformat.v4.new_code_cell(f"print({python_name})")]
+
+  nb = nbrun.execute(name, monkeypatch, cwd=os.path.join(REPO, "notebooks"),
+                     cells=parameter_cell, **{variable: os.path.relpath(target, REPO)})
+  assert nb.cells[-1].outputs[0].text.strip() == str(target)
+
+
+def test_repo_path_is_independent_of_the_working_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert plot.repo_path("runs/quickstart") == os.path.join(REPO, "runs", "quickstart")
+  assert plot.repo_path(str(tmp_path / "s")) == str(tmp_path / "s")  # absolute: as given
