@@ -109,15 +109,11 @@ def check(runs, *, tokens_per_param=20.0, max_tokens_per_param=1000.0):
     if r.tokens > max_tokens_per_param * r.params:
       problems.append(f"{r.run_id}: {r.tokens / r.params:.3g} tokens per parameter "
                       f"(> {max_tokens_per_param:g})")
-  # Budgets: runs within a factor 1.1 of the smallest FLOPs of their group (a run spends its
-  # budget to within one step).
-  groups = []
-  for r in sorted(runs, key=lambda r: r.flops):
-    if groups and r.flops <= 1.1 * groups[-1][0].flops:
-      groups[-1].append(r)
-    else:
-      groups.append([r])
-  for group in groups:
+  # Budgets as the fits group them (points.buckets).
+  from sweeps import points as points_lib
+  bucket = points_lib.buckets([r.flops for r in runs]) if runs else []
+  for g in range(max(bucket, default=-1) + 1):
+    group = sorted((r for r, b in zip(runs, bucket) if b == g), key=lambda r: r.flops)
     sizes = sorted({r.params for r in group})
     center = prior_optimum(max(r.flops for r in group), tokens_per_param)
     if len(sizes) >= 3 and not sizes[0] < center < sizes[-1]:

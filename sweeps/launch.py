@@ -70,8 +70,14 @@ def launch(spec, store, launcher="local", parallel=1, rerun=rundir.DEFAULT_RERUN
     from sweeps import slurm
     job_state = slurm.job_state
   states = {r.run_id: rundir.state(run_dirs[r.run_id], stale_after, job_state) for r in runs}
+  from sweeps import design
+  problems = design.check(runs)
+  for problem in problems:
+    logging.warning(f"[{sweep.name}] design: {problem}")
   if dry_run:
     print(plan_lib.format_plan(runs), file=out)
+    for problem in problems:
+      print(f"design: {problem}", file=out)
     print("states: " + ", ".join(f"{s} {list(states.values()).count(s)}"
                                  for s in sorted(set(states.values()))), file=out)
     return states
