@@ -38,7 +38,7 @@ PUBLISHED = {"Kaplan et al. 2020": 0.73, "Hoffmann et al. 2022 (Approach 2)": 0.
 PAPER_BUDGETS = tuple(1.25e16 * 2 ** k for k in range(8))  # 1.25e16 .. 1.6e18
 PAPER_CONFIG = "experiments/configs/lm.py:small"
 PAPER_BASE = {"seq_len": 2048, "batch_size": 64, "model.vocab_size": 50304,
-              "optimizer.lr": 1e-3, "optimizer.warmup_steps": 500, "log_every": 100,
+              "optimizer.lr": 1e-3, "optimizer.warmup_steps": 100, "log_every": 100,
               "eval_every": 1000, "checkpoint_every": 1000, "eval_batches": 32}
 
 

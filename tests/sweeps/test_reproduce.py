@@ -27,6 +27,8 @@ def test_every_reproduction_is_listed_with_tiny_paper_and_smoke_variants():
       assert runs, (name, variant)
       for run in runs:  # every run: a bad shape (an odd prism band) fails here, not at launch
         validation.validate(run.cfg)
+      if variant != "smoke":  # no run shorter than warmup, none absurdly long, all bracketed
+        assert design.check(runs) == [], (name, variant)
     with pytest.raises(ValueError, match="tiny"):
       module.get_sweep("huge")
 
