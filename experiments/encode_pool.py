@@ -1,10 +1,13 @@
 """Tokenizes chunks of documents into token records, here or in a process pool.
 
-Its own module, with no flags and no jax, so the pool's fork server imports it
-alone: not prepare's absl flags, not the caller's __main__.
+Its own module, with no flags and no jax, so the pool's fork server and its workers
+import it alone: not prepare's absl flags, not the caller's __main__ (hidden while the
+workers start, see _main_hidden).
 """
 import collections
+import contextlib
 import multiprocessing
+import sys
 
 import numpy as np
 
@@ -31,6 +34,23 @@ def encode_chunk(chunk):
   return out
 
 
+@contextlib.contextmanager
+def _main_hidden():
+  """multiprocessing prepares a fork-server or spawn child by importing the caller's
+  __main__ (from its __spec__ or __file__): a benchmark's jax in every worker, or an
+  unguarded script's whole body. The workers need only this module, so __main__ is
+  hidden while the pool starts them (a Pool starts all its workers in its constructor)."""
+  main = sys.modules.get("__main__")
+  saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main and k in main.__dict__}
+  try:
+    if "__spec__" in saved:
+      main.__spec__ = None  # multiprocessing reads it unguarded; None names no module
+    main.__dict__.pop("__file__", None)
+    yield
+  finally:
+    main.__dict__.update(saved)
+
+
 def encoded(chunks, spec, dtype, workers):
   """(size, records) per (size, chunk), in order. K > 1: a process pool with a bounded
   window of chunks in flight (ordered, memory bounded); K = 1: here."""
@@ -46,7 +66,8 @@ def encoded(chunks, spec, dtype, workers):
     ctx.set_forkserver_preload([__name__])
   else:
     ctx = multiprocessing.get_context("spawn")
-  pool = ctx.Pool(workers, init_worker, (spec, dtype))
+  with _main_hidden():
+    pool = ctx.Pool(workers, init_worker, (spec, dtype))
   try:
     pending = collections.deque()
     for size, chunk in chunks:

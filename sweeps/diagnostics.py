@@ -29,6 +29,7 @@ E_UNIDENTIFIED = 0.25  # E's interval reaching below this share of E: E is not m
 # and PARABOLA_MISFIT_NATS, is not parabola-shaped over its sizes: its vertex is biased.
 PARABOLA_MISFIT = 3.0
 PARABOLA_MISFIT_NATS = 0.01
+FLOPS_PER_ND_SPREAD = 1.1  # max/min of the runs' C / ND above this: one k is an average
 
 
 def diag(code, level, message, **extra) -> dict:
@@ -193,6 +194,26 @@ def parabola_misfit(fit, points) -> list:
         + (f", interval [{lo:.3g}, {hi:.3g}])" if bounded else ")")
         + ". Narrow that budget's sizes around its minimum or add sizes near it.", C=c_g[g]))
   return out
+
+
+def flops_per_nd_spread(fit, points) -> list:
+  """Approach 3 allocates under C = k N D with one k, the runs' geometric mean of C / ND.
+  Where attention or the logits are a sizeable share of the FLOPs, C / ND falls with N, so
+  at budgets beyond the data (larger N_opt, smaller k) N_opt comes out low, by up to
+  (k / min k)^a: said, with that bound, when the runs' C / ND spread past 10%."""
+  ratio = points.C / (points.N * points.D)
+  lo, hi = float(ratio.min()), float(ratio.max())
+  k = (fit.get("derived") or {}).get("flops_per_nd")
+  a = (fit.get("derived") or {}).get("a")
+  if k is None or a is None or hi <= FLOPS_PER_ND_SPREAD * lo:
+    return []
+  order = np.argsort(points.N)
+  trend = "falling" if ratio[order[-1]] < ratio[order[0]] else "rising"
+  return [diag("flops_per_nd_spread", "info",
+               f"C / ND ranges {lo:.3g}..{hi:.3g} over the runs ({trend} with N); the "
+               f"allocation spends C = k N D at their mean k = {k:.3g}, so where k differs "
+               f"(far from the data) N_opt is off by up to {((k / lo) ** a - 1) * 100:.0f}%; "
+               "sweeps.prescribe spends a budget exactly with its shape's own FLOPs per token")]
 
 
 def _points(fit, points, law) -> list:

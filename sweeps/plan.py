@@ -116,14 +116,22 @@ def plan(sweep):
   return runs
 
 
+def _progress(run_dir):
+  """Sort key: a finished run first, then the one with the most steps."""
+  from experiments import metrics
+  summary = metrics.read_json(os.path.join(run_dir, metrics.SUMMARY)) or {}
+  return (summary.get("status") != "done", -(summary.get("step") or 0), run_dir)
+
+
 def adopt(runs, store):
   """The runs, each with the id of the store's directory that already holds it.
 
   A run's hash covers the whole config, so a chinchax upgrade that adds config keys
   changes it. A run whose directory is absent takes over a `NAME-TAG-<old hash>`
-  directory of the store whose config.json equals its config, keys added since at
-  their defaults (the trainer's own identity rule): relaunching an old store resumes
-  and skips its runs instead of starting them again."""
+  directory of the store (a finished one first, then the most steps) whose config.json
+  equals its config, keys added since at their defaults (the trainer's own identity
+  rule): relaunching an old store resumes and skips its runs instead of starting them
+  again."""
   if not os.path.isdir(store):
     return runs
   names, planned = set(os.listdir(store)), {r.run_id for r in runs}
@@ -131,7 +139,8 @@ def adopt(runs, store):
   for run in runs:
     stem = run.run_id[:-len(run.config_hash) - 1]
     pattern = re.compile(re.escape(stem) + r"-[0-9a-f]{6}")
-    old = sorted(n for n in names - planned if pattern.fullmatch(n))
+    old = sorted((n for n in names - planned if pattern.fullmatch(n)),
+                 key=lambda n: _progress(os.path.join(store, n)))
     if run.run_id not in names and old:
       from experiments import identity, metrics
       cfg_dict = config_lib.to_dict(run.cfg)

@@ -160,7 +160,8 @@ def tokens_along_budget(n_M, d_M):
   D_opt and the plots read the tokens here rather than assume 6ND."""
   sizes = np.unique(n_M)
   nodes = np.array([np.mean(np.log(d_M[n_M == n])) for n in sizes])
-  return lambda n: np.exp(np.interp(np.log(n), np.log(sizes), nodes))
+  return lambda n: np.where(np.isfinite(n), np.exp(np.interp(np.log(n), np.log(sizes), nodes)),
+                            np.nan)  # interp maps NaN to a finite end when there is one size
 
 
 def buckets(c) -> np.ndarray:

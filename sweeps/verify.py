@@ -163,7 +163,7 @@ def verify(fit_path, budget, store, *, group=None, batch_rule="fitted", variant=
   p = prescribe.prescribe(fit_top, budget, group=group, batch_rule=batch_rule, variant=variant)
   fit, _ = prescribe.select_group(fit_top, p["group"])
   sweep = build_sweep(p, seed)
-  (run,) = plan_lib.plan(sweep)
+  (run,) = plan_lib.adopt(plan_lib.plan(sweep), store)  # the id launch will use
   if not math.isclose(run.flops, p["model_train_flops"], rel_tol=1e-6):
     raise ValueError(f"the planned run's FLOPs {run.flops:.4g} differ from the prescription's "
                      f"{p['model_train_flops']:.4g}: its config spec {sweep.config!r} does not "

@@ -198,7 +198,8 @@ def along_budget(fit_obj, params, entry, n_G, d_G, d_of) -> dict:
 LAW = base.Law(
     name=NAME, fit=fit, bootstrap=bootstrap, extrapolate=extrapolate, allocation=allocation,
     loss_at=predict, options=("e_floor",), n_params=len(PARAMS), isoflop_grid=True,
-    checks=("sweeps.diagnostics:loss_exponents", "sweeps.diagnostics:irreducible_floor"),
+    checks=("sweeps.diagnostics:loss_exponents", "sweeps.diagnostics:irreducible_floor",
+            "sweeps.diagnostics:flops_per_nd_spread"),
     form=(r"$L(N, D) = E + A/N^{\alpha} + B/D^{\beta}$",
           r"$N_{opt} = G\,(C/k)^{a},\ D_{opt} = G^{-1}(C/k)^{b}$,  $C = k N D$"),
     figures=(("isoflop.png", "sweeps.plot_isoflop:isoflop_figure"),),

@@ -109,6 +109,22 @@ def test_the_worker_pool_never_forks_the_caller(corpus, tmp_path, monkeypatch):
   assert pooled == serial
 
 
+def test_the_workers_do_not_run_the_callers_main(tmp_path):
+  """A script that starts the pool is imported by no worker: not a benchmark's jax per
+  worker, not an unguarded script's body once more per worker."""
+  script = tmp_path / "caller.py"
+  script.write_text(
+      "print('imported', flush=True)\n"
+      "from experiments import encode_pool\n"
+      "chunks = [(10, (0, ['hello world', 'abc'])), (10, (2, ['more text']))]\n"
+      "if __name__ == '__main__':\n"
+      "  print(len(list(encode_pool.encoded(iter(chunks), 'byte', 'uint16', 2))))\n")
+  proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ["imported", "2"]
+
+
 def test_a_finished_prepare_is_reused_and_other_inputs_are_refused(corpus, tmp_path):
   out = str(tmp_path / "out")
   first = prepare.prepare(_text_cfg(corpus), out, shards=2, bar=Quiet())

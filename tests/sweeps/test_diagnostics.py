@@ -190,3 +190,17 @@ def test_a_budget_its_parabola_misses_is_named_with_the_exponent_without_it():
   (note,) = [d for d in result["diagnostics"] if d["code"] == "parabola_misfit"]
   assert note["C"] == pytest.approx(frame.C.min(), rel=1e-6)
   assert note["level"] in ("info", "warn") and "Without it a = " in note["message"]
+
+
+def test_a_spread_of_flops_per_nd_is_said_with_its_bound():
+  frame = synthetic.isoflop_design(budgets=3, per_budget=4, seed=0)
+  pts = points.from_frame(frame, points.CSV_COLUMNS)
+  fit = {"derived": {"flops_per_nd": 6.0, "a": 0.5}}
+  assert diagnostics.flops_per_nd_spread(fit, pts) == []  # C = 6ND exactly
+  # Attention's share shrinking with N: k from 9 at the smallest model to 7 at the largest.
+  log_n = np.log(frame.N)
+  frame["C"] = frame.N * frame.D * (9 - 2 * (log_n - log_n.min()) / np.ptp(log_n))
+  (note,) = diagnostics.flops_per_nd_spread(
+      {"derived": {"flops_per_nd": 8.0, "a": 0.5}}, points.from_frame(frame, points.CSV_COLUMNS))
+  assert note["level"] == "info" and "7..9 over the runs (falling with N)" in note["message"]
+  assert f"up to {((8 / 7) ** 0.5 - 1) * 100:.0f}%" in note["message"]

@@ -80,6 +80,16 @@ def test_verify_trains_the_prescription_and_reports(tmp_path):
       proc.stdout
   assert json.load(open(path))["achieved"] == report["achieved"]
 
+  # After an upgrade that added a config key, the run's id has another hash: verify takes
+  # the old directory over (plan.adopt, as launch does) instead of failing or retraining.
+  old_dir = report["run_dir"].rsplit("-", 1)[0] + "-abc123"
+  os.rename(report["run_dir"], old_dir)
+  cfg["attention"].pop("fused_bwd")
+  with open(os.path.join(old_dir, "config.json"), "w") as f:
+    json.dump(cfg, f)
+  again, code = verify.verify(fit_path, BUDGET, store)
+  assert code == 0 and again["run_dir"] == old_dir and again["achieved"] == report["achieved"]
+
 
 def summary_for(loss, **extra):
   return {"status": "done", "params": 12080, "tokens": 7936, "flops": 6.0e8,
