@@ -13,9 +13,7 @@ import sys
 
 from experiments import config as config_lib
 from models import flops
-from sweeps import define
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sweeps import REPO, define  # noqa: F401  (plan.REPO: the launchers' working dir)
 
 
 @dataclasses.dataclass

@@ -30,7 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sweeps import laws  # noqa: E402
+from sweeps import REPO, laws  # noqa: E402
 from sweeps.laws import base, frontier  # noqa: E402,F401  (plot.frontier: a re-export)
 from sweeps.plot_allocation import (allocation_figure, fitted_range,  # noqa: E402,F401
                                     loss_vs_compute_figure)
@@ -45,8 +45,6 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 11, "legend.fo
          "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.25,
          "grid.linewidth": 0.6}
 
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def repo_path(path: str) -> str:

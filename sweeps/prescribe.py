@@ -24,7 +24,7 @@ import numpy as np
 from experiments import config as config_lib, logs
 from models import flops as flops_lib
 from models import layout
-from sweeps import allocation
+from sweeps import REPO, allocation
 from experiments.metrics import to_strict
 
 ASPECT = 64  # width / depth preferred without a fitted run (Kaplan et al.: flat near 50-100)
@@ -42,7 +42,6 @@ BATCH_RULES = {
     "deepseek": "DeepSeek LLM's law, tokens per batch 0.292 C^0.3271 (Bi et al. 2024), in "
                 "whole sequences",
 }
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _FIT = flags.DEFINE_string("fit", None, "fit.json written by sweeps.fit.")
 _BUDGET = flags.DEFINE_float("budget", None, "Training FLOP budget C.")
